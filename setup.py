@@ -1,0 +1,36 @@
+"""omni_ds: LLaMA-Omni-style speech-language model training on DeepSpeed.
+
+torch is deliberately not pinned to a build here: install scripts install it first (TORCH_SPEC),
+so GPU users keep their CUDA build and CPU machines get the CPU wheel.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="omni_ds",
+    version="0.1.0",
+    description="Train LLaMA-Omni-style speech-language models on DeepSpeed",
+    packages=find_packages(include=["omni_ds", "omni_ds.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.3",
+        "transformers>=4.57,<5",
+        "tokenizers>=0.21",
+        "safetensors>=0.4",
+        "deepspeed>=0.16",
+        "datasets>=3.0",
+        "soundfile>=0.12",
+        "soxr>=0.3",
+        "numpy>=1.24",
+        "tqdm>=4.66",
+        "tensorboard>=2.15",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "scikit-learn>=1.3", "joblib>=1.3"],
+        # Reading the released joblib/scikit-learn k-means (.bin); .npy centroids need neither.
+        "units": ["scikit-learn>=1.3", "joblib>=1.3"],
+        # The reference fairseq path; fairseq 0.12.2 does not import on Python >= 3.11.
+        "fairseq": ["fairseq-fixed==0.12.3.1; python_version>='3.11'",
+                    "fairseq==0.12.2; python_version<'3.11'"],
+        "wandb": ["wandb"],
+    },
+)
