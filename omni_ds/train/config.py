@@ -1,0 +1,274 @@
+"""The training configuration: one typed, validated dataclass for both stages.
+
+A run is described by a JSON file (`--config`) plus `--set key=value` overrides. Values given to
+`--set` are parsed as JSON when they parse (`--set learning_rate=1e-4`, `--set report_to='["wandb"]'`)
+and kept as strings otherwise (`--set output_dir=runs/a`). Keys of the `omni` section (the model's
+speech-side settings, `OmniConfig`) are addressed with a dot: `--set omni.encoder_mode=trimmed`.
+Unknown keys are an error that names them; every value is checked when the config is built.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+class ConfigError(ValueError):
+    """A training-config problem; the message names the key, the value and what is allowed."""
+
+
+@dataclass
+class TrainConfig:
+    # ---- what to train -------------------------------------------------------------------
+    stage: int = 1
+    """1: projector + LLM on text loss (encoder frozen); 2: speech decoder only on CTC loss."""
+    whisper_path: Optional[str] = None
+    """Local HF Whisper folder (stage 1 start from parts)."""
+    llm_path: Optional[str] = None
+    """Local HF causal-LM folder (stage 1 start from parts)."""
+    tokenizer_path: Optional[str] = None
+    """Tokenizer folder; defaults to llm_path."""
+    init_from: Optional[str] = None
+    """A LLaMA-Omni-layout folder to start from instead of parts (stage 2: stage 1's final folder)."""
+    omni: dict = field(default_factory=dict)
+    """OmniConfig fields (encoder_mode, projector / CTC settings); `--set omni.KEY=VALUE`."""
+    attn_implementation: str = "sdpa"
+    freeze_backbone: bool = False
+    """Stage 1 only: train the speech projector alone (LLM frozen)."""
+    gradient_checkpointing: bool = False
+
+    # ---- data ----------------------------------------------------------------------------
+    train_manifest: Optional[str] = None
+    val_manifest: Optional[str] = None
+    max_speech_seconds: float = 30.0
+    model_max_length: int = 2048
+    """Longest LLM sequence (tokens, the speech placeholder counted once); longer records are skipped."""
+    bad_records: str = "skip"
+    """"skip" (report each and count them) or "stop" (refuse to train)."""
+    group_by_length: bool = False
+    num_workers: int = 0
+
+    # ---- batch and schedule --------------------------------------------------------------
+    per_device_train_batch_size: int = 1
+    global_batch_size: Optional[int] = None
+    """When set, gradient_accumulation_steps = global / (per_device * world size)."""
+    gradient_accumulation_steps: int = 1
+    num_train_epochs: float = 3.0
+    max_steps: Optional[int] = None
+    """Optimizer steps; overrides num_train_epochs when set."""
+    learning_rate: float = 2e-5
+    speech_projector_lr: Optional[float] = None
+    """Projector lr; falls back to learning_rate."""
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    precision: str = "bf16"
+    """"bf16", "fp16" (dynamic loss scaling) or "fp32"."""
+    seed: int = 42
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    output_dir: str = "runs/stage1"
+    save_steps: int = 500
+    save_total_limit: int = 2
+    """Keep this many DeepSpeed checkpoints (oldest deleted after a newer one is complete)."""
+    resume: str = "auto"
+    """"auto" (from output_dir/checkpoints/latest if present), "never", or a checkpoint path."""
+    save_final: bool = True
+
+    # ---- evaluation ----------------------------------------------------------------------
+    eval_steps: int = 0
+    """Evaluate on val_manifest every N optimizer steps (0: only at the end, if val_manifest)."""
+    per_device_eval_batch_size: int = 1
+    eval_max_samples: Optional[int] = None
+
+    # ---- observability -------------------------------------------------------------------
+    logging_steps: int = 1
+    report_to: list = field(default_factory=lambda: ["tensorboard"])
+    """Any of "tensorboard", "wandb"; [] for none."""
+    run_name: Optional[str] = None
+    wandb_project: str = "omni_ds"
+    peak_tflops: Optional[float] = None
+    """Per-device peak dense TFLOPS for MFU; guessed from the device name when None."""
+    progress_bar: bool = True
+    stop_on_nonfinite: bool = True
+    dist_timeout_minutes: int = 60
+
+    # ------------------------------------------------------------------------------------
+    def validate(self) -> "TrainConfig":
+        def bad(key, allowed):
+            raise ConfigError(f"config key {key!r} = {getattr(self, key)!r}: {allowed}")
+
+        for name, f in self.__dataclass_fields__.items():
+            v = getattr(self, name)
+            want = _base_type(f.type)
+            if v is None:
+                if not _optional(f.type):
+                    bad(name, "must not be null")
+                continue
+            if want is float and isinstance(v, int) and not isinstance(v, bool):
+                setattr(self, name, float(v))
+                continue
+            if want is bool and not isinstance(v, bool):
+                bad(name, "must be true or false")
+            if want is int and (isinstance(v, bool) or not isinstance(v, int)):
+                bad(name, "must be an integer")
+            if want is float and not isinstance(v, float):
+                bad(name, "must be a number")
+            if want is str and not isinstance(v, str):
+                bad(name, "must be a string")
+            if want is dict and not isinstance(v, dict):
+                bad(name, "must be a JSON object")
+            if want is list and not isinstance(v, list):
+                bad(name, "must be a JSON list")
+
+        if self.stage not in (1, 2):
+            bad("stage", "allowed: 1 or 2")
+        if self.precision not in ("bf16", "fp16", "fp32"):
+            bad("precision", 'allowed: "bf16", "fp16", "fp32"')
+        if self.lr_scheduler_type not in ("cosine", "linear", "constant"):
+            bad("lr_scheduler_type", 'allowed: "cosine", "linear", "constant"')
+        if self.bad_records not in ("skip", "stop"):
+            bad("bad_records", 'allowed: "skip", "stop"')
+        for k in ("per_device_train_batch_size", "gradient_accumulation_steps",
+                  "per_device_eval_batch_size", "logging_steps", "model_max_length"):
+            if getattr(self, k) < 1:
+                bad(k, "must be >= 1")
+        for k in ("save_steps", "eval_steps", "num_workers", "save_total_limit"):
+            if getattr(self, k) < 0:
+                bad(k, "must be >= 0 (0 disables)")
+        if self.global_batch_size is not None and self.global_batch_size < 1:
+            bad("global_batch_size", "must be >= 1 or null")
+        if self.max_steps is not None and self.max_steps < 1:
+            bad("max_steps", "must be >= 1 or null (then num_train_epochs decides)")
+        if self.max_steps is None and not self.num_train_epochs > 0:
+            bad("num_train_epochs", "must be > 0 when max_steps is null")
+        if not self.learning_rate > 0:
+            bad("learning_rate", "must be > 0")
+        if self.speech_projector_lr is not None and not self.speech_projector_lr > 0:
+            bad("speech_projector_lr", "must be > 0 or null (falls back to learning_rate)")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            bad("warmup_ratio", "must be in [0, 1)")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            bad("min_lr_ratio", "must be in [0, 1]")
+        if self.weight_decay < 0:
+            bad("weight_decay", "must be >= 0")
+        if self.max_grad_norm < 0:
+            bad("max_grad_norm", "must be >= 0 (0 disables clipping)")
+        if self.max_speech_seconds <= 0:
+            bad("max_speech_seconds", "must be > 0")
+        for r in self.report_to:
+            if r not in ("tensorboard", "wandb"):
+                raise ConfigError(f"config key 'report_to' = {self.report_to!r}: "
+                                  f"unknown entry {r!r}; allowed: \"tensorboard\", \"wandb\"")
+        if self.resume not in ("auto", "never") and not self.resume:
+            bad("resume", 'allowed: "auto", "never" or a checkpoint path')
+        if self.stage == 1 and self.init_from is None:
+            if not self.whisper_path or not self.llm_path:
+                raise ConfigError("stage 1 needs either init_from (a LLaMA-Omni folder) or both "
+                                  f"whisper_path and llm_path (got whisper_path={self.whisper_path!r}, "
+                                  f"llm_path={self.llm_path!r})")
+        if self.stage == 2 and self.init_from is None:
+            bad("init_from", "stage 2 starts from a LLaMA-Omni folder (stage 1's output_dir/final)")
+        if self.stage == 2 and self.freeze_backbone:
+            bad("freeze_backbone", "is a stage 1 option (stage 2 always trains the decoder only)")
+        if not self.train_manifest:
+            bad("train_manifest", "a manifest path is required")
+        return self
+
+    # ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def projector_lr(self) -> float:
+        return self.speech_projector_lr if self.speech_projector_lr is not None else self.learning_rate
+
+    def batch_geometry(self, world_size: int) -> tuple[int, int, int]:
+        """(micro batch per rank, gradient accumulation steps, global batch) for this world size."""
+        micro = self.per_device_train_batch_size
+        if self.global_batch_size is None:
+            gas = self.gradient_accumulation_steps
+            return micro, gas, micro * gas * world_size
+        per_pass = micro * world_size
+        if self.global_batch_size % per_pass:
+            raise ConfigError(
+                f"config key 'global_batch_size' = {self.global_batch_size}: not divisible by "
+                f"per_device_train_batch_size ({micro}) x world size ({world_size}) = {per_pass}; "
+                f"choose a global batch that is a multiple of {per_pass} or change the micro batch")
+        return micro, self.global_batch_size // per_pass, self.global_batch_size
+
+
+def _base_type(t) -> type:
+    s = str(t).replace("typing.", "")
+    for name, ty in (("bool", bool), ("int", int), ("float", float), ("str", str),
+                     ("dict", dict), ("list", list)):
+        if s == name or s.startswith(f"Optional[{name}") or s == f"{name} | None":
+            return ty
+    return object
+
+
+def _optional(t) -> bool:
+    s = str(t)
+    return "Optional" in s or "None" in s
+
+
+def parse_value(text: str) -> Any:
+    """`--set` value: JSON when it parses (numbers, true/false/null, lists, objects), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    out = dict(raw)
+    out["omni"] = dict(out.get("omni") or {})
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        value = parse_value(text)
+        if key.startswith("omni."):
+            out["omni"][key[len("omni."):]] = value
+        else:
+            out[key] = value
+    return out
+
+
+def build_config(raw: dict, source: str = "<dict>") -> TrainConfig:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(k for k in raw if k not in known and not k.startswith("_"))
+    if unknown:
+        raise ConfigError(f"{source}: unknown config key(s) {unknown}; known keys: {sorted(known)}")
+    cfg = TrainConfig(**{k: v for k, v in raw.items() if k in known})
+    try:
+        return cfg.validate()
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def load_config(path: Optional[str], overrides: Optional[list[str]] = None) -> TrainConfig:
+    """Read a JSON training config, apply `--set` overrides, validate. Keys starting with "_" are
+    comments. Relative paths in the file stay relative to the working directory, as users type them."""
+    raw: dict = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"--config {path!r}: no such file")
+        try:
+            with open(path) as f:
+                raw = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--config {path!r}: not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"--config {path!r}: the top level must be a JSON object")
+    src = path or "<defaults>"
+    if overrides:
+        src += " + --set " + " ".join(overrides)
+    return build_config(apply_overrides(raw, overrides or []), src)

@@ -1,0 +1,209 @@
+"""Per-GPU memory estimate for a stage, a ZeRO stage and a batch — before any GPU hour is spent.
+
+Model states use DeepSpeed's own estimator formulas (deepspeed.runtime.zero.stage_1_and_2 /
+stage3 `estimate_zero{2,3}_model_states_mem_needs`, without their CPU terms): with Ψ trainable
+parameters on N GPUs, ZeRO-2 holds 2Ψ (16-bit params) + 18Ψ/N (16-bit + fp32 grads, fp32 master
+params, Adam moments) per GPU, ZeRO-2 + optimizer offload 2Ψ, ZeRO-3 4·largest_layer + 18Ψ/N,
+ZeRO-3 + optimizer offload 4·largest_layer + 2Ψ/N, ZeRO-3 + param offload 4·largest_layer.
+Frozen parameters (the Whisper encoder; the LLM in stage 2) add 2 bytes each (16-bit),
+partitioned under ZeRO-3. Activations come from sequence length, width and depth (flash/SDPA
+attention, so no L² score matrix): ~34·s·h bytes per token·layer for a Llama layer without
+recompute (SwiGLU width adds 3·I·s·2 bytes), 2·s·h per layer with full recompute plus one layer
+live; fp32 logits for the loss; plus a fixed framework overhead (CUDA context, allocator slack,
+communication buckets). Sizes are GiB (2^30 bytes), as nvidia-smi and torch report them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+GIB = float(2 ** 30)
+
+# Usable memory per device in GiB (what the driver reports, not the marketing GB).
+GPU_MEMORY_GIB = {
+    "L40": 44.99, "L40S": 44.99, "A6000": 47.99, "A100-40": 39.59, "A100-80": 79.15, "H100": 79.65,
+    "H200": 139.8, "4090": 23.99, "3090": 23.69, "A10G": 22.49, "V100-32": 31.74,
+}
+
+# Shapes of the models users train; counts are computed from them (meta-device instantiation).
+LLM_PRESETS = {
+    "llama-3.1-8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, intermediate_size=14336, vocab_size=128256,
+                         tie_word_embeddings=False),
+    "llama-3.2-3b": dict(hidden_size=3072, num_hidden_layers=28, num_attention_heads=24,
+                         num_key_value_heads=8, intermediate_size=8192, vocab_size=128256,
+                         tie_word_embeddings=True),
+    "llama-3.2-1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
+                         num_key_value_heads=8, intermediate_size=8192, vocab_size=128256,
+                         tie_word_embeddings=True),
+    "qwen2.5-7b": dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28,
+                       num_key_value_heads=4, intermediate_size=18944, vocab_size=152064,
+                       tie_word_embeddings=False),
+}
+WHISPER_LARGE_V3 = dict(d_model=1280, encoder_layers=32, encoder_ffn_dim=5120, num_mel_bins=128,
+                        max_source_positions=1500)
+
+
+@dataclass
+class ModelShape:
+    """Parameter counts and the dimensions that drive activation memory."""
+    llm_params: int
+    llm_largest_layer: int          # the largest single tensor/module (the embedding for Llama-3)
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    vocab_size: int
+    encoder_params: int
+    projector_params: int
+    decoder_params: int = 0
+    decoder_hidden: int = 4096
+    decoder_intermediate: int = 11008
+    decoder_layers: int = 2
+
+
+def llama_param_count(hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads,
+                      intermediate_size, vocab_size, tie_word_embeddings=False, **_) -> tuple[int, int]:
+    """(total params, largest tensor) of a Llama-architecture causal LM (no biases)."""
+    h, kv = hidden_size, hidden_size // num_attention_heads * num_key_value_heads
+    layer = 2 * h * h + 2 * h * kv + 3 * h * intermediate_size + 2 * h
+    embed = vocab_size * h
+    total = embed * (1 if tie_word_embeddings else 2) + num_hidden_layers * layer + h
+    return total, max(embed, intermediate_size * h)
+
+
+def whisper_encoder_param_count(d_model, encoder_layers, encoder_ffn_dim, num_mel_bins,
+                                max_source_positions, **_) -> int:
+    d = d_model
+    conv = num_mel_bins * d * 3 + d + d * d * 3 + d
+    layer = 4 * d * d + 3 * d + d + 2 * d * encoder_ffn_dim + encoder_ffn_dim + d + 4 * d
+    return conv + max_source_positions * d + encoder_layers * layer + 2 * d
+
+
+def projector_param_count(encoder_width: int, llm_width: int, k: int = 5, mid: int = 2048) -> int:
+    return encoder_width * k * mid + mid + mid * llm_width + llm_width
+
+
+def ctc_decoder_param_count(llm_width, layers=2, width=4096, heads=32, ffn=11008, units=1000) -> int:
+    layer = 4 * width * width + 3 * width * ffn + 2 * width
+    return llm_width * width + width + layers * layer + width * (units + 1) + units + 1
+
+
+def shape_for(llm: dict, encoder: dict = WHISPER_LARGE_V3, with_decoder: bool = False) -> ModelShape:
+    total, largest = llama_param_count(**llm)
+    enc = whisper_encoder_param_count(**encoder)
+    proj = projector_param_count(encoder["d_model"], llm["hidden_size"])
+    dec = ctc_decoder_param_count(llm["hidden_size"]) if with_decoder else 0
+    return ModelShape(total, largest, llm["hidden_size"], llm["intermediate_size"],
+                      llm["num_hidden_layers"], llm["vocab_size"], enc, proj, dec)
+
+
+@dataclass
+class MemoryPlan:
+    stage: int
+    zero_stage: int
+    offload_optimizer: bool
+    offload_params: bool
+    world_size: int
+    micro_batch: int
+    seq_len: int
+    gradient_checkpointing: bool
+    precision: str
+    trainable_params: int
+    frozen_params: int
+    lines: dict = field(default_factory=dict)    # name -> GiB
+
+    @property
+    def total_gib(self) -> float:
+        return sum(self.lines.values())
+
+    def describe(self) -> str:
+        off = "+".join(x for x, on in (("optimizer offload", self.offload_optimizer),
+                                        ("param offload", self.offload_params)) if on)
+        head = (f"ZeRO-{self.zero_stage}{' (' + off + ')' if off else ''}, {self.world_size} GPU(s), "
+                f"micro batch {self.micro_batch} x {self.seq_len} positions, "
+                f"recompute {'on' if self.gradient_checkpointing else 'off'}, {self.precision}")
+        body = "\n".join(f"    {k:<44s} {v:8.2f} GiB" for k, v in self.lines.items())
+        return f"{head}\n{body}\n    {'total per GPU':<44s} {self.total_gib:8.2f} GiB"
+
+
+def model_states_gib(psi: int, zero_stage: int, n: int, largest: int, off_opt: bool, off_par: bool) -> float:
+    """DeepSpeed's estimator formulas (GPU part), bytes -> GiB."""
+    if zero_stage >= 3:
+        big = 4 * largest
+        if off_opt and off_par:
+            b = big
+        elif off_opt:
+            b = big + 2 * psi / n
+        else:
+            b = big + 18 * psi / n
+    elif zero_stage == 2:
+        b = 2 * psi if off_opt else 2 * psi + 18 * psi / n
+    elif zero_stage == 1:
+        b = 4 * psi + 16 * psi / n
+    else:
+        b = 20 * psi
+    return b / GIB
+
+
+def estimate(shape: ModelShape, stage: int, zero_stage: int, world_size: int, micro_batch: int,
+             seq_len: int, gradient_checkpointing: bool, precision: str = "bf16",
+             offload_opt: bool = False, offload_par: bool = False, freeze_backbone: bool = False,
+             overhead_gib: float = 2.0) -> MemoryPlan:
+    act_bytes = 4 if precision == "fp32" else 2
+    if stage == 1:
+        trainable = shape.projector_params + (0 if freeze_backbone else shape.llm_params)
+        frozen = shape.encoder_params + (shape.llm_params if freeze_backbone else 0)
+        largest = shape.llm_largest_layer
+    else:
+        trainable = shape.decoder_params
+        frozen = shape.encoder_params + shape.projector_params + shape.llm_params
+        largest = max(shape.decoder_hidden * shape.decoder_intermediate, shape.decoder_hidden * 1001)
+    plan = MemoryPlan(stage, zero_stage, offload_opt, offload_par, world_size, micro_batch, seq_len,
+                      gradient_checkpointing, precision, trainable, frozen)
+    plan.lines[f"model states, {trainable / 1e9:.2f} B trainable"] = model_states_gib(
+        trainable, zero_stage, world_size, largest, offload_opt, offload_par)
+    frozen_n = world_size if zero_stage >= 3 and not offload_par else 1
+    plan.lines[f"frozen weights, {frozen / 1e9:.2f} B" + (" / N" if frozen_n > 1 else "")] = frozen * (4 if precision == "fp32" else 2) / frozen_n / GIB
+    s, h, L, I = micro_batch * seq_len, shape.hidden_size, shape.num_layers, shape.intermediate_size
+    if stage == 1:
+        per_layer = s * (34 * h + 3 * I * act_bytes) * act_bytes / 2   # bytes, 16-bit activations
+        if gradient_checkpointing:
+            acts = L * s * h * act_bytes + per_layer
+        else:
+            acts = L * per_layer
+        plan.lines["LLM activations"] = acts / GIB
+        plan.lines["logits + loss (fp32)"] = 2 * s * shape.vocab_size * 4 / GIB
+    else:
+        dec_s = micro_batch * 25 * 60
+        per_layer = dec_s * (34 * shape.decoder_hidden + 3 * shape.decoder_intermediate * 2)
+        acts = shape.decoder_layers * per_layer + dec_s * 1001 * 4 * 2
+        plan.lines["decoder activations + CTC"] = acts / GIB
+        plan.lines["frozen LLM forward (one layer live)"] = s * (34 * h) / GIB
+    plan.lines["framework overhead (context, buckets, slack)"] = overhead_gib
+    return plan
+
+
+def alternatives(shape: ModelShape, stage: int, world_size: int, micro_batch: int, seq_len: int,
+                 precision: str, gpu_gib: float, freeze_backbone: bool = False) -> list[MemoryPlan]:
+    """Setups that fit in gpu_gib, cheapest in communication and host memory first."""
+    options = [(2, False, False, False), (2, False, False, True), (3, False, False, False),
+               (3, False, False, True), (2, True, False, True), (3, True, False, True),
+               (3, True, True, True)]
+    out = []
+    for z, oo, op, gc in options:
+        p = estimate(shape, stage, z, world_size, micro_batch, seq_len, gc, precision, oo, op,
+                     freeze_backbone)
+        if p.total_gib <= gpu_gib:
+            out.append(p)
+    return out
+
+
+def verdict(plan: MemoryPlan, gpu_gib: Optional[float], gpu_name: str = "GPU") -> str:
+    if gpu_gib is None:
+        return f"estimate {plan.total_gib:.1f} GiB per GPU (no device memory known to compare)"
+    states = next(v for k, v in plan.lines.items() if k.startswith("model states"))
+    if plan.total_gib <= gpu_gib:
+        return f"FITS: {plan.total_gib:.1f} GiB of {gpu_gib:.1f} GiB per {gpu_name}"
+    why = (f"model states alone need {states:.1f} GiB per GPU" if states > gpu_gib
+           else f"total {plan.total_gib:.1f} GiB")
+    return f"DOES NOT FIT: {why}, more than the {gpu_gib:.1f} GiB of a {gpu_name}"

@@ -1,0 +1,98 @@
+"""Which parameters train, and in which optimizer group (LLaVA-style, by parameter NAME).
+
+Groups, by internal prefix (docs/ARCHITECTURE.md): `speech_projector.*` at `speech_projector_lr`
+(falls back to `learning_rate`), `llm.*` and `speech_generator.*` at `learning_rate`. Inside each,
+biases and normalisation weights get no weight decay. Frozen parameters (`requires_grad=False`: the
+Whisper encoder always; the LLM under `freeze_backbone`; everything but the decoder in stage 2)
+are left out, so they hold no optimizer state and receive no gradient.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from omni_ds.train.config import TrainConfig
+
+# A parameter is "norm-like" when one of its dotted name parts is a normalisation module:
+# Llama `input_layernorm`, `post_attention_layernorm`, `model.norm`; Whisper `layer_norm`,
+# `self_attn_layer_norm`, `final_layer_norm`; openai-whisper `attn_ln`, `mlp_ln`, `ln_post`.
+_NORM_PART = re.compile(r"(^|_)(norm|layernorm|layer_norm|ln|rmsnorm)(_|$)|norm$")
+
+PREFIX_GROUPS = (("speech_projector.", "projector"), ("speech_generator.", "speech_generator"),
+                 ("llm.", "llm"), ("speech_encoder.", "speech_encoder"))
+
+
+def no_weight_decay(name: str) -> bool:
+    parts = name.split(".")
+    if parts[-1] == "bias":
+        return True
+    return any(_NORM_PART.search(p) for p in parts[:-1])
+
+
+def module_of(name: str) -> str:
+    for prefix, group in PREFIX_GROUPS:
+        if name.startswith(prefix):
+            return group
+    return "other"
+
+
+def apply_trainable(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Set requires_grad for the stage (the model's own rule), then the config's extra freezes."""
+    model.set_stage(cfg.stage)
+    if cfg.freeze_backbone:
+        for name, p in model.named_parameters():
+            if name.startswith("llm."):
+                p.requires_grad_(False)
+    for name, p in model.named_parameters():
+        if name.startswith("speech_encoder.") and p.requires_grad:
+            raise RuntimeError(f"parameter {name} of the frozen Whisper encoder requires grad after "
+                               f"set_stage({cfg.stage})")
+
+
+def build_param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Optimizer parameter groups; each carries a `name` ("llm", "llm_no_decay", "projector", ...)
+    so lrs can be logged and read back per group. Empty groups are dropped."""
+    lr_of = {"projector": cfg.projector_lr()}
+    groups: dict[str, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        mod = module_of(name)
+        nd = no_weight_decay(name)
+        key = mod + ("_no_decay" if nd else "")
+        if key not in groups:
+            groups[key] = {"name": key, "params": [], "param_names": [],
+                           "lr": lr_of.get(mod, cfg.learning_rate),
+                           "weight_decay": 0.0 if nd else cfg.weight_decay}
+        groups[key]["params"].append(p)
+        groups[key]["param_names"].append(name)
+    if not groups:
+        raise RuntimeError(f"stage {cfg.stage}: no trainable parameters (freeze_backbone="
+                           f"{cfg.freeze_backbone}); nothing to optimise")
+    order = ["projector", "projector_no_decay", "llm", "llm_no_decay", "speech_generator",
+             "speech_generator_no_decay", "other", "other_no_decay"]
+    return [groups[k] for k in order if k in groups]
+
+
+def for_optimizer(groups: list[dict]) -> list[dict]:
+    """Groups as handed to the optimizer: the name list stays out (ZeRO copies group dicts)."""
+    return [{k: v for k, v in g.items() if k != "param_names"} for g in groups]
+
+
+def count_params(model: torch.nn.Module) -> dict:
+    """Parameter counts per module and trainable/frozen; uses `ds_numel` under ZeRO-3 (numel is 0)."""
+    out = {"total": 0, "trainable": 0, "frozen": 0}
+    seen = set()
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = getattr(p, "ds_numel", None) or p.numel()
+        out["total"] += n
+        out["trainable" if p.requires_grad else "frozen"] += n
+        mod = module_of(name)
+        out[mod] = out.get(mod, 0) + n
+        if p.requires_grad:
+            out[f"{mod}_trainable"] = out.get(f"{mod}_trainable", 0) + n
+    return out
