@@ -1,0 +1,125 @@
+"""The frozen Whisper speech encoder, in padded (official) or trimmed mode.
+
+Padded: every clip is 30 s = 3000 mel frames -> 1500 encoder frames, as the released model was
+trained. Trimmed: only the clip's real frames are encoded; position embeddings are sliced to the
+shortened length, so cost and output length grow with the clip instead of always being 30 s.
+In trimmed mode padding inside a batch is masked out (mel zeroed, conv output zeroed, attention
+masked) so a clip's features do not depend on what else is in its batch.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import WhisperConfig
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from omni_ds.constants import N_FRAMES
+
+
+def encoder_output_frames(mel_frames: torch.Tensor | int):
+    """Frames after conv2 (kernel 3, stride 2, padding 1): floor((T + 1) / 2)."""
+    return (mel_frames + 1) // 2
+
+
+class WhisperSpeechEncoder(nn.Module):
+    """Wraps transformers' WhisperEncoder; always eval, never trained."""
+
+    def __init__(self, config: WhisperConfig, mode: str = "padded"):
+        super().__init__()
+        self.config = config
+        self.mode = mode
+        self.encoder = WhisperEncoder(config)
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.d_model
+
+    def train(self, mode: bool = True) -> "WhisperSpeechEncoder":
+        # Frozen: dropout/layerdrop must never switch on, whatever the caller's mode.
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, mel: torch.Tensor, mel_frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mel [B, n_mels, T], mel_frames [B] -> (states [B, T', D], lengths [B])."""
+        enc = self.encoder
+        dtype = enc.conv1.weight.dtype
+        mel = mel.to(dtype)
+        if self.mode == "padded":
+            if mel.shape[-1] != N_FRAMES:
+                raise ValueError(f"padded encoder mode expects {N_FRAMES} mel frames, got {mel.shape[-1]}")
+            lengths = torch.full_like(mel_frames, enc.config.max_source_positions)
+            return enc(mel).last_hidden_state, lengths
+
+        max_positions = enc.config.max_source_positions
+        if mel.shape[-1] > 2 * max_positions:
+            raise ValueError(f"trimmed encoder mode: {mel.shape[-1]} mel frames exceed the encoder's "
+                             f"{2 * max_positions}")
+        frames = torch.arange(mel.shape[-1], device=mel.device)
+        mel = mel * (frames[None, :] < mel_frames[:, None]).to(dtype)[:, None, :]
+        x = F.gelu(enc.conv1(mel))
+        x = x * (frames[None, :] < mel_frames[:, None]).to(dtype)[:, None, :]
+        x = F.gelu(enc.conv2(x)).transpose(1, 2)                       # [B, T', D]
+        lengths = encoder_output_frames(mel_frames)
+        x = x + enc.embed_positions.weight[: x.shape[1]].to(dtype)
+        valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+        mask = torch.zeros(valid.shape, dtype=dtype, device=x.device)
+        mask = mask.masked_fill(~valid, torch.finfo(dtype).min)[:, None, None, :]
+        for layer in enc.layers:
+            x = layer(x, attention_mask=mask, layer_head_mask=None)[0]
+        return enc.layer_norm(x), lengths
+
+
+# ---- openai-whisper <-> transformers parameter names -----------------------------------------
+_LAYER_MAP = {
+    "self_attn.q_proj": "attn.query", "self_attn.k_proj": "attn.key",
+    "self_attn.v_proj": "attn.value", "self_attn.out_proj": "attn.out",
+    "self_attn_layer_norm": "attn_ln", "fc1": "mlp.0", "fc2": "mlp.2", "final_layer_norm": "mlp_ln",
+}
+_TOP_MAP = {"conv1": "conv1", "conv2": "conv2", "layer_norm": "ln_post"}
+
+
+def hf_to_openai_name(name: str) -> str:
+    """'layers.3.self_attn.q_proj.weight' -> 'blocks.3.attn.query.weight' (encoder-relative names)."""
+    if name == "embed_positions.weight":
+        return "positional_embedding"
+    parts = name.split(".")
+    if parts[0] == "layers":
+        inner = ".".join(parts[2:-1])
+        if inner not in _LAYER_MAP:
+            raise KeyError(f"no openai-whisper name for encoder parameter {name!r}")
+        return f"blocks.{parts[1]}.{_LAYER_MAP[inner]}.{parts[-1]}"
+    if parts[0] in _TOP_MAP:
+        return f"{_TOP_MAP[parts[0]]}.{parts[-1]}"
+    raise KeyError(f"no openai-whisper name for encoder parameter {name!r}")
+
+
+def openai_to_hf_name(name: str) -> str:
+    if name == "positional_embedding":
+        return "embed_positions.weight"
+    parts = name.split(".")
+    if parts[0] == "blocks":
+        inner = ".".join(parts[2:-1])
+        reverse = {v: k for k, v in _LAYER_MAP.items()}
+        if inner not in reverse:
+            raise KeyError(f"unknown openai-whisper encoder parameter {name!r}")
+        return f"layers.{parts[1]}.{reverse[inner]}.{parts[-1]}"
+    reverse_top = {v: k for k, v in _TOP_MAP.items()}
+    if parts[0] in reverse_top:
+        return f"{reverse_top[parts[0]]}.{parts[-1]}"
+    raise KeyError(f"unknown openai-whisper encoder parameter {name!r}")
+
+
+def whisper_config_from_openai_state(state: dict[str, torch.Tensor]) -> WhisperConfig:
+    """Encoder dimensions read off openai-whisper weights (head width is 64 in every Whisper)."""
+    width = state["conv1.weight"].shape[0]
+    n_mels = state["conv1.weight"].shape[1]
+    n_layers = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    return WhisperConfig(
+        num_mel_bins=n_mels, d_model=width, encoder_layers=n_layers,
+        encoder_attention_heads=width // 64, encoder_ffn_dim=state["blocks.0.mlp.0.weight"].shape[0],
+        max_source_positions=state["positional_embedding"].shape[0],
+        decoder_layers=1, decoder_attention_heads=max(1, width // 64), decoder_ffn_dim=4 * width,
+    )
