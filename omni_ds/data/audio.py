@@ -112,3 +112,10 @@ def log_mel_batch(waves: torch.Tensor, n_mels: int = 128) -> torch.Tensor:
     peak = log.amax(dim=(1, 2), keepdim=True)    # per clip
     log = torch.maximum(log, peak - 8.0)
     return (log + 4.0) / 4.0
+
+
+def speech_positions(n_frames: int, ds_rate: int = 5) -> int:
+    """LLM positions the speech of `n_frames` mel frames occupies: Whisper's stride-2 conv halves
+    the frames (rounding up), the projector concatenates `ds_rate` of them and drops the rest.
+    3000 frames (padded mode) -> 300 positions. Used to plan lengths and budgets."""
+    return ((n_frames + 1) // 2) // ds_rate

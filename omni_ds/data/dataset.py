@@ -1,0 +1,82 @@
+"""Torch Dataset over a validated manifest: prompt ids + labels, log-mel, and units (stage 2).
+
+Only records that passed validation are exposed (index i -> manifest record `indices[i]`), so
+planning never decodes audio. A record that still fails when it is loaded (a file changed after
+validation) follows the bad-record policy: "error" raises `DataError` naming its id and reason;
+"skip" logs the id and reason, counts it in `load_failures`, and returns the next good record in
+its place, so batch shapes and the step count stay as planned.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from omni_ds.data.audio import load_audio, log_mel, speech_positions
+from omni_ds.data.manifest import Manifest
+from omni_ds.data.prompt import PromptBuilder
+from omni_ds.data.validate import DataError, ValidationConfig, ValidationReport, validate_manifest
+
+log = logging.getLogger("omni_ds.data")
+_MAX_FALLBACKS = 16
+
+
+class OmniSpeechDataset(torch.utils.data.Dataset):
+    def __init__(self, manifest: Manifest, builder: PromptBuilder, cfg: ValidationConfig | None = None,
+                 n_mels: int = 128, report: ValidationReport | None = None):
+        self.manifest = manifest
+        self.builder = builder
+        self.cfg = cfg or ValidationConfig()
+        self.n_mels = n_mels
+        self.report = report or validate_manifest(manifest, self.cfg, builder)
+        self.indices = self.report.good                       # manifest index per item
+        self.lengths = self.report.lengths[self.indices]      # planning lengths per item
+        self.n_skipped = len(self.report.bad)
+        self.load_failures: list[tuple[str, str]] = []        # (id, reason), this process only
+        if len(self.indices) == 0:
+            raise DataError(f"{manifest.path}: no usable records ({self.report.summary()})")
+        if self.n_skipped:
+            log.warning("%s: skipping %d bad record(s): %s", manifest.path, self.n_skipped,
+                        self.report.summary())
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, i: int) -> dict:
+        """Item i, raising on any failure (with the record id in the message)."""
+        rec = self.manifest[int(self.indices[i])]
+        try:
+            wave = load_audio(rec["speech_path"])
+            mel, frames = log_mel(wave, n_mels=self.n_mels, mode=self.cfg.mel_mode)
+            positions = speech_positions(frames, self.cfg.speech_ds_rate)
+            built = self.builder.build(rec["response_text"], rec["prompt_instruction"], speech_positions=positions)
+        except Exception as e:
+            raise DataError(f"record {rec['id']} (manifest index {rec['index']}): "
+                            f"{type(e).__name__}: {e}", rec["id"]) from e
+        item = {
+            "input_ids": torch.tensor(built["input_ids"], dtype=torch.long),
+            "labels": torch.tensor(built["labels"], dtype=torch.long),
+            "speech_mel": mel,
+            "speech_frames": frames,
+            "sample_index": rec["index"],
+        }
+        if self.cfg.stage == 2:
+            units = rec["units"] or []
+            if not units or min(units) < 0 or max(units) >= 1000:
+                raise DataError(f"record {rec['id']} (manifest index {rec['index']}): units missing "
+                                "or out of range", rec["id"])
+            item["units"] = torch.tensor(units, dtype=torch.long)
+        return item
+
+    def __getitem__(self, i: int) -> dict:
+        if self.cfg.on_bad == "error":
+            return self.load(i)
+        for k in range(_MAX_FALLBACKS):
+            j = (int(i) + k) % len(self)
+            try:
+                return self.load(j)
+            except DataError as e:
+                self.load_failures.append((e.record_id, str(e)))
+                log.warning("skipping bad record at load time: %s", e)
+        raise DataError(f"{_MAX_FALLBACKS} consecutive records failed to load from item {i}: "
+                        + "; ".join(r for _, r in self.load_failures[-_MAX_FALLBACKS:]))
