@@ -4,7 +4,6 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from omni_ds.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
 from omni_ds.data.audio import load_audio, log_mel
@@ -12,6 +11,7 @@ from omni_ds.model.checkpoint import (build_from_parts, load_omni_folder, omni_s
                                       save_omni_folder, write_safetensors)
 from omni_ds.model.speech_encoder import hf_to_openai_name
 from omni_ds.tiny.models import tiny_omni_config
+from released_layout import write_released_layout
 
 
 @pytest.fixture(scope="module")
@@ -168,40 +168,6 @@ def test_release_names(tiny_model):
                      "model.speech_encoder.ln_post.weight"]:
         assert expected in names, expected
     assert not any("rotary" in n for n in names)
-
-
-def write_released_layout(model, tok, folder, encoder_inline: bool):
-    """A folder exactly as ICTNLP/Llama-3.1-8B-Omni ships it: released config keys only (no
-    omni_ds block), sharded safetensors with LLaMA-Omni names, the encoder either inline or as an
-    openai-whisper checkpoint that config['speech_encoder'] points at."""
-    folder.mkdir()
-    state = omni_state_dict(model.state_dict())
-    enc = {k: v for k, v in state.items() if k.startswith("model.speech_encoder.")}
-    if not encoder_inline:
-        state = {k: v for k, v in state.items() if k not in enc}
-        (folder / "models" / "speech_encoder").mkdir(parents=True)
-        torch.save({"dims": {"n_mels": 128}, "model_state_dict":
-                    {"encoder." + k[len("model.speech_encoder."):]: v for k, v in enc.items()}},
-                   folder / "models" / "speech_encoder" / "large-v3.pt")
-    names = sorted(state)
-    half = len(names) // 2
-    weight_map = {}
-    for i, part in enumerate([names[:half], names[half:]]):
-        fname = f"model-0000{i + 1}-of-00002.safetensors"
-        save_file({n: state[n].contiguous() for n in part}, str(folder / fname), metadata={"format": "pt"})
-        weight_map.update({n: fname for n in part})
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    cfg = model.llm.config.to_dict()
-    cfg.update({"_name_or_path": "Llama-3.1-8B-Omni", "architectures": ["OmniSpeech2SLlamaForCausalLM"],
-                "model_type": "omni_speech2s_llama", "speech_encoder": "models/speech_encoder/large-v3.pt",
-                "speech_encoder_type": "whisper", "speech_encoder_ds_rate": 5, "speech_encoder_hidden_size": 64,
-                "speech_projector_type": "linear", "speech_projector_lr": None, "speech_normalize": False,
-                "speech_generator_type": "ctc", "ctc_decoder_config": "(2,64,4,128)", "ctc_upsample_factor": 25,
-                "ctc_loss_weight": 1.0, "unit_vocab_size": 1000, "freeze_speech_projector": False,
-                "tune_speech_projector": False, "tokenizer_model_max_length": 2048,
-                "tokenizer_padding_side": "right", "torch_dtype": "float16", "transformers_version": "4.43.4"})
-    (folder / "config.json").write_text(json.dumps(cfg))
-    tok.save_pretrained(str(folder))
 
 
 @pytest.mark.parametrize("encoder_inline", [True, False])

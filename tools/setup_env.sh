@@ -32,6 +32,12 @@ if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
         "$PY" -m pip install --quiet "$TORCH_SPEC" >&2
     fi
     "$PY" -m pip install --quiet -e "$ROOT[$EXTRAS]" >&2
+    if [[ ",$EXTRAS," == *",dev,"* ]]; then
+        # openai-whisper is the test oracle for the official front end and encoder. --no-deps:
+        # its triton requirement is a large GPU-only package the oracle never uses.
+        "$PY" -m pip install --quiet --no-deps "openai-whisper==20250625" >&2
+        "$PY" -m pip install --quiet numba tiktoken more-itertools >&2
+    fi
     echo "$WANT" >"$STAMP"
 fi
 echo "$PY"

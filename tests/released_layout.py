@@ -1,0 +1,44 @@
+"""Writes a folder exactly as ICTNLP/Llama-3.1-8B-Omni ships it (shared by several tests)."""
+import json
+
+import torch
+from safetensors.torch import save_file
+
+from omni_ds.model.checkpoint import omni_state_dict
+
+
+def write_released_layout(model, tok, folder, encoder_inline: bool, encoder_pt=None):
+    """A folder exactly as ICTNLP/Llama-3.1-8B-Omni ships it: released config keys only (no
+    omni_ds block), sharded safetensors with LLaMA-Omni names, the encoder either inline or as an
+    openai-whisper checkpoint that config['speech_encoder'] points at."""
+    folder.mkdir()
+    state = omni_state_dict(model.state_dict())
+    enc = {k: v for k, v in state.items() if k.startswith("model.speech_encoder.")}
+    if not encoder_inline:
+        state = {k: v for k, v in state.items() if k not in enc}
+        (folder / "models" / "speech_encoder").mkdir(parents=True)
+        target = folder / "models" / "speech_encoder" / "large-v3.pt"
+        if encoder_pt is not None:      # a real openai-whisper checkpoint
+            target.write_bytes(encoder_pt.read_bytes())
+        else:
+            torch.save({"dims": {"n_mels": 128}, "model_state_dict":
+                        {"encoder." + k[len("model.speech_encoder."):]: v for k, v in enc.items()}}, target)
+    names = sorted(state)
+    half = len(names) // 2
+    weight_map = {}
+    for i, part in enumerate([names[:half], names[half:]]):
+        fname = f"model-0000{i + 1}-of-00002.safetensors"
+        save_file({n: state[n].contiguous() for n in part}, str(folder / fname), metadata={"format": "pt"})
+        weight_map.update({n: fname for n in part})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    cfg = model.llm.config.to_dict()
+    cfg.update({"_name_or_path": "Llama-3.1-8B-Omni", "architectures": ["OmniSpeech2SLlamaForCausalLM"],
+                "model_type": "omni_speech2s_llama", "speech_encoder": "models/speech_encoder/large-v3.pt",
+                "speech_encoder_type": "whisper", "speech_encoder_ds_rate": 5, "speech_encoder_hidden_size": model.speech_encoder.hidden_size,
+                "speech_projector_type": "linear", "speech_projector_lr": None, "speech_normalize": False,
+                "speech_generator_type": "ctc", "ctc_decoder_config": model.omni_config.ctc_decoder_config, "ctc_upsample_factor": 25,
+                "ctc_loss_weight": 1.0, "unit_vocab_size": 1000, "freeze_speech_projector": False,
+                "tune_speech_projector": False, "tokenizer_model_max_length": 2048,
+                "tokenizer_padding_side": "right", "torch_dtype": "float16", "transformers_version": "4.43.4"})
+    (folder / "config.json").write_text(json.dumps(cfg))
+    tok.save_pretrained(str(folder))
