@@ -99,6 +99,12 @@ class TrainConfig:
     progress_bar: bool = True
     stop_on_nonfinite: bool = True
     dist_timeout_minutes: int = 60
+    trace_samples: bool = False
+    """Write output_dir/trace/rank{r}.jsonl: per step, the loss and the sample indices this rank
+    trained on (resume audits: no sample seen twice or skipped)."""
+    crash_at_step: Optional[int] = None
+    """Fault injection for tests: the process kills itself (SIGKILL) at this step; on a save step
+    it dies after the DeepSpeed files are written and before the checkpoint is committed."""
 
     # ------------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":

@@ -1,0 +1,158 @@
+"""Training checkpoints: DeepSpeed `save_checkpoint` + our state, atomic from the user's view.
+
+Layout under `output_dir/checkpoints/`:
+
+    step_000200/            DeepSpeed files (model, optimizer and scheduler shards per rank)
+        rng_rank{r}.pt      each rank's RNG states (python, numpy, torch, accelerator)
+        omni_ds_state.json  step, data position, config; written LAST, after every rank finished
+    latest                  the tag of the newest COMPLETE checkpoint, replaced atomically
+
+A crash mid-save leaves a directory without `omni_ds_state.json` and `latest` still names the
+previous checkpoint; such leftovers are removed at the next start. Rotation keeps the newest
+`save_total_limit` complete checkpoints and deletes older ones only after the new one is complete.
+The directory must be shared by all nodes (the usual setup); with node-local disks each node's
+local rank 0 manages its own copy.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+STATE_FILE = "omni_ds_state.json"
+LATEST = "latest"
+_TAG = re.compile(r"^step_(\d+)$")
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def rng_state() -> dict:
+    st = {"python": random.getstate(), "numpy": list(np.random.get_state()), "torch": torch.get_rng_state()}
+    st["numpy"][1] = torch.from_numpy(st["numpy"][1].copy())
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state()
+    return st
+
+
+def set_rng_state(st: dict) -> None:
+    random.setstate((st["python"][0], tuple(st["python"][1]), st["python"][2]))
+    np_state = list(st["numpy"])
+    np_state[1] = np_state[1].numpy()
+    np.random.set_state(tuple(np_state))
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state(st["cuda"])
+
+
+def is_complete(path: Path) -> bool:
+    return (path / STATE_FILE).is_file()
+
+
+class CheckpointManager:
+    def __init__(self, output_dir: str, keep: int, rank: int, local_rank: int, barrier):
+        self.dir = Path(output_dir) / "checkpoints"
+        self.keep = keep
+        self.rank = rank
+        self.local_rank = local_rank
+        self.barrier = barrier
+
+    # ---- finding ----------------------------------------------------------------------------
+    def latest(self) -> Optional[Path]:
+        f = self.dir / LATEST
+        if not f.is_file():
+            return None
+        p = self.dir / f.read_text().strip()
+        if not is_complete(p):
+            raise RuntimeError(f"{f} names {p}, which is not a complete checkpoint "
+                               f"(no {STATE_FILE}); pass --resume with an earlier checkpoint")
+        return p
+
+    def complete_checkpoints(self) -> list[Path]:
+        if not self.dir.is_dir():
+            return []
+        found = [p for p in self.dir.iterdir() if p.is_dir() and _TAG.match(p.name) and is_complete(p)]
+        return sorted(found, key=lambda p: int(_TAG.match(p.name).group(1)))
+
+    def resolve(self, resume: str) -> Optional[Path]:
+        """`resume` key -> checkpoint path to load, or None for a fresh start."""
+        if resume == "never":
+            return None
+        if resume == "auto":
+            return self.latest()
+        p = Path(resume)
+        if p.is_dir() and (p / LATEST).is_file():                 # a checkpoints/ dir
+            p = p / (p / LATEST).read_text().strip()
+        elif p.is_dir() and (p / "checkpoints" / LATEST).is_file():   # an output_dir
+            p = p / "checkpoints" / (p / "checkpoints" / LATEST).read_text().strip()
+        if not p.is_dir():
+            raise FileNotFoundError(f"config key 'resume' = {resume!r}: no such checkpoint directory")
+        if not is_complete(p):
+            raise RuntimeError(f"config key 'resume' = {resume!r}: {p} is incomplete (no {STATE_FILE}; "
+                               "a save was interrupted); choose an earlier checkpoint")
+        return p
+
+    def clean_partial(self) -> list[str]:
+        """Remove directories left by interrupted saves (call on all ranks; local rank 0 deletes)."""
+        removed = []
+        if self.local_rank == 0 and self.dir.is_dir():
+            for p in self.dir.iterdir():
+                if p.is_dir() and _TAG.match(p.name) and not is_complete(p):
+                    shutil.rmtree(p, ignore_errors=True)
+                    removed.append(p.name)
+        self.barrier()
+        return removed
+
+    # ---- saving -----------------------------------------------------------------------------
+    def save(self, engine, step: int, state: dict, crash_before_commit: bool = False) -> Path:
+        """Collective: every rank calls it. `state` (JSON-able) goes into omni_ds_state.json."""
+        tag = tag_for(step)
+        path = self.dir / tag
+        if self.local_rank == 0 and path.exists():      # a stale partial save of the same step
+            shutil.rmtree(path, ignore_errors=True)
+        self.barrier()
+        engine.save_checkpoint(str(self.dir), tag=tag, client_state={"omni_ds": state}, save_latest=False)
+        torch.save(rng_state(), path / f"rng_rank{self.rank}.pt")
+        self.barrier()
+        if crash_before_commit:                          # fault injection (tests): die mid-save
+            os.kill(os.getpid(), 9)
+        if self.rank == 0:
+            _write_atomic(path / STATE_FILE, json.dumps(state, indent=1, default=str))
+            _write_atomic(self.dir / LATEST, tag)
+        self.barrier()
+        self._rotate()
+        return path
+
+    def _rotate(self) -> None:
+        if self.keep and self.local_rank == 0:
+            for p in self.complete_checkpoints()[:-self.keep]:
+                shutil.rmtree(p, ignore_errors=True)
+        self.barrier()
+
+    # ---- loading ----------------------------------------------------------------------------
+    def load(self, engine, path: Path) -> dict:
+        load_path, client = engine.load_checkpoint(str(path.parent), tag=path.name)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
+        state = json.loads((path / STATE_FILE).read_text())
+        rng_file = path / f"rng_rank{self.rank}.pt"
+        if rng_file.is_file():
+            set_rng_state(torch.load(rng_file, weights_only=True))
+        return state
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

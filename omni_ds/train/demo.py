@@ -1,0 +1,80 @@
+"""Demo / test training setups on tiny models.
+
+`demo_stage1_config(demo_dir)` is what `tools/make_demo_data.py` writes as DIR/stage1.json.
+`write_tiny_setup(dir)` builds a self-contained tiny run (tokenizer, Whisper, Llama, a manifest of
+the real spoken instructions in ../shared/data/spoken_instructions with distinct short answers)
+for tests and the benchmark.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+SHARED_CLIPS = Path(__file__).resolve().parents[3] / "shared" / "data" / "spoken_instructions"
+
+ANSWERS = [
+    "Red apples are sweet.", "The sky is blue today.", "Cats sleep all day long.",
+    "Seven plus two is nine.", "Paris is in France.", "Water boils at one hundred.",
+    "Birds can fly south.", "Music makes people happy.", "Snow is cold and white.",
+    "Books open new worlds.",
+]
+
+
+def demo_stage1_config(demo_dir: str | Path, **overrides) -> dict:
+    """Stage 1 training config for the demo data and tiny models under `demo_dir`
+    (DIR/train.jsonl, DIR/val.jsonl, DIR/models/whisper, DIR/models/llm): 2 CPU ranks, fp32,
+    trimmed encoder (the clips are a few seconds), enough steps for the tiny model to learn."""
+    d = Path(demo_dir).resolve()
+    cfg = {
+        "_comment": "deepspeed --num_gpus 2 launch/stage1.py --config DIR/stage1.json --ds ds_configs/zero2.json",
+        "stage": 1,
+        "whisper_path": str(d / "models" / "whisper"),
+        "llm_path": str(d / "models" / "llm"),
+        "omni": {"speech_projector_hidden_size": 128, "ctc_decoder_config": "(2,64,4,128)",
+                 "encoder_mode": "trimmed"},
+        "train_manifest": str(d / "train.jsonl"),
+        "val_manifest": str(d / "val.jsonl") if (d / "val.jsonl").exists() else None,
+        "output_dir": str(d / "runs" / "stage1"),
+        "per_device_train_batch_size": 2,
+        "global_batch_size": 4,
+        "num_train_epochs": 60,
+        "learning_rate": 3e-3,
+        "warmup_ratio": 0.03,
+        "weight_decay": 0.0,
+        "precision": "fp32",
+        "max_grad_norm": 1.0,
+        "save_steps": 100,
+        "save_total_limit": 1,
+        "eval_steps": 0,
+        "logging_steps": 5,
+        "report_to": ["tensorboard"],
+        "seed": 0,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def write_tiny_setup(out_dir: str | Path, n_clips: int = 8, val_clips: int = 2,
+                     clips_dir: Optional[str | Path] = None) -> Path:
+    """Tiny models + train/val manifests of real speech clips with distinct answers."""
+    from omni_ds.tiny.models import write_tiny_llm, write_tiny_whisper
+    from omni_ds.tiny.tokenizer import write_tiny_tokenizer
+    out = Path(out_dir)
+    models = out / "models"
+    if not (models / "llm" / "config.json").exists():
+        write_tiny_tokenizer(models / "tokenizer")
+        write_tiny_whisper(models / "whisper")
+        write_tiny_llm(models / "llm", models / "tokenizer")
+    clips = sorted(Path(clips_dir or SHARED_CLIPS).glob("*.wav"))
+    if len(clips) < n_clips:
+        raise FileNotFoundError(f"{clips_dir or SHARED_CLIPS}: need {n_clips} .wav clips, found {len(clips)}")
+    rows = [{"id": c.stem, "speech_instruction_path": str(c), "text_instruction": "",
+             "text_response": ANSWERS[i % len(ANSWERS)]} for i, c in enumerate(clips[:n_clips])]
+    with open(out / "train.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    with open(out / "val.jsonl", "w") as f:
+        for r in rows[:val_clips]:
+            f.write(json.dumps(r) + "\n")
+    return out

@@ -1,0 +1,97 @@
+"""Observability on rank 0: tqdm bar, TensorBoard scalars, wandb (only when asked),
+`metrics.jsonl` (one line per logged step) and the JSON summary at the end."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+
+def max_memory_gib() -> Optional[float]:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2 ** 30
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20   # host RSS (Linux: KiB)
+    except Exception:
+        return None
+
+
+class Observer:
+    def __init__(self, cfg, rank: int, total_steps: int, start_step: int, run_info: dict):
+        self.rank = rank
+        self.active = rank == 0
+        self.total = total_steps
+        self.out = Path(cfg.output_dir)
+        self.bar = None
+        self.tb = None
+        self.wandb = None
+        self.history: list[dict] = []
+        self.t_start = time.time()
+        if not self.active:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(self.out / "metrics.jsonl", "a")
+        if cfg.progress_bar:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total_steps, initial=start_step, desc=f"stage {cfg.stage}",
+                            unit="step", dynamic_ncols=True)
+        if "tensorboard" in cfg.report_to:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(self.out / "tensorboard"))
+        if "wandb" in cfg.report_to:
+            try:
+                import wandb
+            except ImportError:
+                raise RuntimeError("report_to includes 'wandb' but wandb is not installed: "
+                                   "pip install wandb (or remove it from report_to)") from None
+            self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.run_name, config=run_info,
+                                    dir=str(self.out), resume="allow")
+
+    def log(self, step: int, scalars: dict, prefix: str = "train") -> None:
+        if not self.active:
+            return
+        row = {"step": step, **{f"{prefix}/{k}": v for k, v in scalars.items() if v is not None}}
+        self.history.append(row)
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=step)
+
+    def progress(self, step: int, loss: float, lr: float, samples_per_s: float) -> None:
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples_per_s:.1f}",
+                                 refresh=False)
+            self.bar.refresh()
+
+    def message(self, text: str) -> None:
+        if self.active:
+            if self.bar is not None:
+                self.bar.write(text)
+            else:
+                print(text, flush=True)
+
+    def close(self, summary: Optional[dict] = None) -> None:
+        if not self.active:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        if summary is not None:
+            tmp = self.out / "summary.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=2, default=str))
+            os.replace(tmp, self.out / "summary.json")
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        self.jsonl.close()

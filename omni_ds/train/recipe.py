@@ -1,0 +1,330 @@
+"""A training run, either stage: setup (distributed, model, data, engine, resume), the loop,
+the final save. `launch/stage1.py` and `launch/stage2.py` are thin CLIs over `main()`.
+
+    deepspeed --num_gpus 4 launch/stage1.py --config launch/configs/stage1.json --ds ds_configs/zero3.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from datetime import timedelta
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from omni_ds.train.config import ConfigError, TrainConfig, load_config
+from omni_ds.train.ds_config import (load_ds_config, offload_optimizer, offload_params, read_ds_config,
+                                     zero_stage)
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+# ---- CLI --------------------------------------------------------------------------------------------
+def parse_args(argv, stage: int):
+    p = argparse.ArgumentParser(
+        prog=f"launch/stage{stage}.py",
+        description=f"omni_ds stage {stage} training on DeepSpeed. Run under the deepspeed launcher: "
+                    f"deepspeed --num_gpus N launch/stage{stage}.py --config CFG --ds ds_configs/zero2.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Every training-config key is documented in omni_ds/train/config.py (TrainConfig).")
+    p.add_argument("--config", required=True, help="training config JSON")
+    p.add_argument("--ds", required=True, help="DeepSpeed config JSON; \"auto\" values come from --config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable; VALUE parsed as JSON when it parses)")
+    p.add_argument("--resume", default=None, metavar="PATH|auto|never",
+                   help="same as --set resume=...: a checkpoint dir, 'auto' (default) or 'never'")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate config, data and checkpoints; print the plan and memory estimate; no training")
+    p.add_argument("--world-size", type=int, default=None,
+                   help="dry run: plan for this many GPUs (default: the launcher's WORLD_SIZE)")
+    p.add_argument("--gpu", default=None, help="dry run: device to plan for, e.g. L40, A100-80, H100")
+    p.add_argument("--gpu-memory-gib", type=float, default=None, help="dry run: device memory in GiB")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)   # deepspeed launcher
+    return p.parse_args(argv)
+
+
+def main(argv=None, stage: int = 1) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv, stage)
+    overrides = list(args.set)
+    if args.resume is not None:
+        overrides.append(f"resume={args.resume}")
+    try:
+        cfg = load_config(args.config, overrides)
+        if cfg.stage != stage:
+            raise ConfigError(f"{args.config}: stage = {cfg.stage} but this is launch/stage{stage}.py")
+        ds_raw = read_ds_config(args.ds)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        from omni_ds.train.plan import dry_run
+        return dry_run(cfg, args.ds, ds_raw, args.world_size, args.gpu, args.gpu_memory_gib)
+    summary = run(cfg, args.ds)
+    return 0 if summary.get("status") == "completed" else 1
+
+
+# ---- setup ------------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def llm_hidden_size(cfg: TrainConfig) -> Optional[int]:
+    folder = cfg.init_from or cfg.llm_path
+    try:
+        return int(json.loads((Path(folder) / "config.json").read_text())["hidden_size"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def build_model(cfg: TrainConfig, ds: dict):
+    """Model + tokenizer in fp32 (DeepSpeed casts to bf16/fp16 and keeps fp32 masters).
+    Under ZeRO-3 the parameters are partitioned while they are created and loaded."""
+    from omni_ds.model.checkpoint import build_from_parts, load_omni_folder
+    from omni_ds.model.omni_config import OmniConfig
+    zero_init, keep = None, None
+    if zero_stage(ds) == 3:
+        import deepspeed
+        from transformers.integrations import HfDeepSpeedConfig
+        keep = HfDeepSpeedConfig(ds)       # makes from_pretrained partition the LLM while loading
+        # The speech parts (encoder, projector, decoder: < 1.1 B params) are built whole and
+        # partitioned by deepspeed.initialize: under zero.Init, transformers' WhisperEncoder
+        # init writes sinusoids into an already-partitioned (0-sized) position table and fails.
+        zero_init = None
+    if cfg.init_from:
+        model, tok = load_omni_folder(cfg.init_from, dtype=torch.float32, omni_overrides=cfg.omni or None,
+                                      attn_implementation=cfg.attn_implementation, zero_init=zero_init)
+    else:
+        try:
+            omni = OmniConfig(**cfg.omni)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config key 'omni' = {cfg.omni!r}: {e}") from None
+        model, tok = build_from_parts(cfg.whisper_path, cfg.llm_path, omni, tokenizer_path=cfg.tokenizer_path,
+                                      dtype=torch.float32, attn_implementation=cfg.attn_implementation,
+                                      zero_init=zero_init)
+    model._omni_ds_hf_ds_config = keep
+    model.set_stage(cfg.stage, freeze_backbone=cfg.freeze_backbone)
+    for name, p in model.named_parameters():
+        if name.startswith("speech_encoder.") and p.requires_grad:
+            raise RuntimeError(f"{name}: the Whisper encoder must stay frozen")
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model, tok
+
+
+def build_data(cfg: TrainConfig, tokenizer, encoder_mode: str, log):
+    from omni_ds.train.data import InstructionSet
+    train = InstructionSet(cfg.train_manifest, tokenizer, encoder_mode, cfg.model_max_length,
+                           cfg.max_speech_seconds, need_units=cfg.stage == 2)
+    bad = train.check()
+    for rid, why in bad:
+        log(f"bad record {rid}: {why}")
+    if bad:
+        if cfg.bad_records == "stop":
+            raise RuntimeError(f"{cfg.train_manifest}: {len(bad)} bad record(s) (listed above) and "
+                               "bad_records = \"stop\"")
+        log(f"skipping {len(bad)} bad record(s) of {len(train.manifest)} in {cfg.train_manifest}")
+    val = None
+    if cfg.val_manifest:
+        val = InstructionSet(cfg.val_manifest, tokenizer, encoder_mode, cfg.model_max_length,
+                             cfg.max_speech_seconds, need_units=cfg.stage == 2)
+        vbad = val.check()
+        if vbad:
+            log(f"skipping {len(vbad)} bad validation record(s): " + "; ".join(f"{r}: {w}" for r, w in vbad))
+        if cfg.eval_max_samples:
+            val.keep = val.keep[: cfg.eval_max_samples]
+    return train, val
+
+
+def make_evaluator(engine, val, collate, cfg, rank: int, world: int):
+    if val is None or len(val) == 0:
+        return None
+    from omni_ds.train.loop import evaluate_loss
+    bs = cfg.per_device_eval_batch_size
+    chunks = [list(range(i, min(i + bs, len(val)))) for i in range(0, len(val), bs)]
+    mine = chunks[rank::world]
+    n_batches = math.ceil(len(chunks) / world)
+
+    def evaluate() -> dict:
+        batches = [collate([val[i] for i in c]) for c in mine]
+        fallback = batches[0] if batches else collate([val[i] for i in chunks[0]])
+        return evaluate_loss(engine, batches, n_batches, fallback, cfg)
+    return evaluate
+
+
+# ---- the run -----------------------------------------------------------------------------------------
+def run(cfg: TrainConfig, ds_path: str) -> dict:
+    import deepspeed
+    import torch.distributed as dist
+
+    from omni_ds.train.checkpointing import CheckpointManager
+    from omni_ds.train.data import Collator, StepSampler, StepStream, shuffled_order
+    from omni_ds.train.flops import flops_model_for, guess_peak_tflops
+    from omni_ds.train.loop import LoopState, NonFiniteLoss, fit
+    from omni_ds.train.metrics import Observer
+    from omni_ds.train.param_groups import build_param_groups, count_params, for_optimizer
+    from omni_ds.train.schedule import make_scheduler_factory, num_optimizer_steps, warmup_steps
+
+    deepspeed.init_distributed(timeout=timedelta(minutes=cfg.dist_timeout_minutes))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    from deepspeed.accelerator import get_accelerator
+    acc = get_accelerator()
+    if acc.device_name() == "cuda":
+        acc.set_device(local_rank)
+
+    def log(msg: str) -> None:
+        if rank == 0:
+            print(f"[omni_ds] {msg}", flush=True)
+
+    seed_everything(cfg.seed)
+    ds = load_ds_config(ds_path, cfg, world, llm_hidden_size(cfg))
+    micro, gas, global_batch = cfg.batch_geometry(world)
+
+    # model, data, schedule
+    model, tokenizer = build_model(cfg, ds)
+    encoder_mode = model.omni_config.encoder_mode
+    train_set, val_set = build_data(cfg, tokenizer, encoder_mode, log)
+    collate = Collator(tokenizer.pad_token_id)
+    sampler = StepSampler(len(train_set), micro, gas, world, rank, shuffled_order(len(train_set), cfg.seed))
+    total_steps, steps_per_epoch = num_optimizer_steps(len(train_set), global_batch, cfg.num_train_epochs,
+                                                       cfg.max_steps)
+    steps_per_epoch = sampler.steps_per_epoch
+    n_warmup = warmup_steps(total_steps, cfg.warmup_ratio)
+
+    # optimizer groups and engine
+    groups = build_param_groups(model, cfg)
+    counts = count_params(model)
+    opt_groups = for_optimizer(groups)
+    optimizer = None
+    if "optimizer" not in ds:
+        optimizer = torch.optim.AdamW(opt_groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                      eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, model_parameters=None if optimizer is not None else opt_groups,
+        lr_scheduler=make_scheduler_factory(total_steps, n_warmup, cfg.lr_scheduler_type, cfg.min_lr_ratio),
+        config=ds, dist_init_required=False)
+    flops_model = flops_model_for(engine.module, cfg.stage, cfg.gradient_checkpointing, encoder_mode == "padded",
+                                  model.omni_config.ctc_upsample_factor, model.omni_config.speech_encoder_ds_rate)
+    peak = cfg.peak_tflops or (guess_peak_tflops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None)
+
+    # resume
+    ckpt = CheckpointManager(cfg.output_dir, cfg.save_total_limit, rank, local_rank, dist.barrier)
+    removed = ckpt.clean_partial()
+    if removed:
+        log(f"removed incomplete checkpoint(s) left by an interrupted save: {removed}")
+    state = LoopState()
+    stream = StepStream(train_set, sampler, collate, cfg.num_workers)
+    resume_from = ckpt.resolve(cfg.resume)
+    if resume_from is not None:
+        saved = ckpt.load(engine, resume_from)
+        if saved["global_batch"] != global_batch or saved["num_samples"] != len(train_set):
+            raise RuntimeError(f"{resume_from}: saved with global batch {saved['global_batch']} over "
+                               f"{saved['num_samples']} samples; this run has {global_batch} over "
+                               f"{len(train_set)}: the data position would not carry over")
+        state.step, state.samples, state.tokens = saved["step"], saved["samples"], saved["tokens"]
+        stream.epoch, stream.step_in_epoch = saved["data"]["epoch"], saved["data"]["step_in_epoch"]
+        log(f"resumed from {resume_from} at step {state.step} (epoch {stream.epoch}, "
+            f"step {stream.step_in_epoch} of {steps_per_epoch})")
+
+    def checkpoint_state(st: LoopState) -> dict:
+        return {"step": st.step, "samples": st.samples, "tokens": st.tokens, "data": stream.position(),
+                "global_batch": global_batch, "num_samples": len(train_set), "loss": st.last_loss,
+                "world_size": world, "config": cfg.to_dict()}
+
+    run_info = {"config": cfg.to_dict(), "ds_config": ds, "world_size": world, "micro_batch": micro,
+                "gradient_accumulation_steps": gas, "global_batch": global_batch,
+                "train_samples": len(train_set), "skipped_records": len(train_set.bad),
+                "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "warmup_steps": n_warmup,
+                "params": counts, "zero_stage": zero_stage(ds),
+                "param_groups": {g["name"]: {"lr": g["lr"], "weight_decay": g["weight_decay"],
+                                             "tensors": len(g["params"])} for g in groups}}
+    log(f"world {world}, micro {micro} x GAS {gas} = global batch {global_batch}; "
+        f"{len(train_set)} samples, {steps_per_epoch} steps/epoch, {total_steps} steps, {n_warmup} warmup; "
+        f"trainable {counts['trainable'] / 1e6:.2f} M of {counts['total'] / 1e6:.2f} M params; ZeRO-{zero_stage(ds)}")
+    observer = Observer(cfg, rank, total_steps, state.step, run_info)
+    trace = make_trace(cfg, rank) if cfg.trace_samples else None
+    evaluate = make_evaluator(engine, val_set, collate, cfg, rank, world)
+
+    status, error = "completed", None
+    t0 = time.time()
+    try:
+        fit(engine, stream, cfg, state, total_steps, observer=observer, checkpoints=ckpt,
+            checkpoint_state=checkpoint_state, flops_model=flops_model, peak_tflops=peak,
+            evaluate=evaluate, trace=trace)
+    except NonFiniteLoss as e:
+        status, error = "stopped_nonfinite", str(e)
+        print(f"[omni_ds rank {rank}] ERROR: {e}", file=sys.stderr, flush=True)
+
+    final_dir = None
+    if status == "completed":
+        if state.last_saved != state.step:
+            ckpt.save(engine, state.step, checkpoint_state(state))
+            state.last_saved = state.step
+        if evaluate is not None:
+            result = evaluate()
+            state.evals.append({"step": state.step, **result})
+            observer.log(state.step, result, prefix="eval")
+        if cfg.save_final:
+            final_dir = save_final(engine, model, tokenizer, cfg, ds, rank,
+                                   {"stage": cfg.stage, "steps": state.step, "final_loss": state.last_loss,
+                                    "config": cfg.to_dict()})
+    summary = {
+        "status": status, "error": error, "stage": cfg.stage, "steps": state.step, "total_steps": total_steps,
+        "final_loss": state.last_loss, "samples": state.samples, "tokens": state.tokens,
+        "evals": state.evals, "train_seconds": state.train_seconds, "wall_seconds": time.time() - t0,
+        "samples_per_s": state.samples / state.train_seconds if state.train_seconds else None,
+        "mean_mfu": (state.model_flops / (state.train_seconds * world * peak * 1e12)
+                     if peak and state.train_seconds else None),
+        "peak_tflops": peak, "final_dir": str(final_dir) if final_dir else None,
+        "checkpoint": str(ckpt.latest()) if ckpt.latest() else None, **run_info}
+    observer.close(summary)
+    if trace is not None:
+        trace.close()
+    if dist.is_initialized():
+        dist.barrier()
+    return summary
+
+
+def save_final(engine, model, tokenizer, cfg, ds, rank: int, metadata: dict) -> Path:
+    """output_dir/final in the LLaMA-Omni layout; under ZeRO-3 from the gathered 16-bit weights."""
+    from omni_ds.model.checkpoint import save_omni_folder
+    out = Path(cfg.output_dir) / "final"
+    if zero_stage(ds) == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()      # collective; full dict on rank 0
+    else:
+        state = {k: v.detach().cpu() for k, v in engine.module.state_dict().items()} if rank == 0 else None
+    if rank == 0:
+        save_omni_folder(out, model, tokenizer, state_dict=state, metadata=metadata)
+        print(f"[omni_ds] final model: {out}", flush=True)
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.barrier()
+    return out
+
+
+class make_trace:
+    """Per-rank JSONL of (step, epoch, loss, sample indices) — the resume audit trail."""
+
+    def __init__(self, cfg, rank: int):
+        d = Path(cfg.output_dir) / "trace"
+        d.mkdir(parents=True, exist_ok=True)
+        self.f = open(d / f"rank{rank}.jsonl", "a")
+
+    def __call__(self, step, epoch, step_in_epoch, loss, micro_batches) -> None:
+        idx = [int(i) for b in micro_batches for i in b["sample_index"]]
+        self.f.write(json.dumps({"step": step, "epoch": epoch, "step_in_epoch": step_in_epoch,
+                                 "loss": loss, "samples": idx}) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
