@@ -187,3 +187,30 @@ def test_released_layout_folder_loads(tiny_model, tmp_path, encoder_inline):
     model.set_stage(1)
     loaded.set_stage(1)
     torch.testing.assert_close(model(**toy_batch())["loss"], loaded(**toy_batch())["loss"])
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_parts):
+    tok, whisper, llm = tiny_parts
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model, _ = build_from_parts(whisper, llm, tiny_omni_config(with_speech_generator=False))
+        model.set_stage(1)
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        model(**toy_batch())["loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_trainable_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_forward_backward(tiny_parts):
+    tok, whisper, llm = tiny_parts
+    model, _ = build_from_parts(whisper, llm, tiny_omni_config(), dtype=torch.bfloat16)
+    for stage in (1, 2):
+        model.set_stage(stage)
+        out = model(**toy_batch())
+        assert torch.isfinite(out["loss"]) and out["loss"].dtype == torch.float32   # losses in fp32
+        out["loss"].backward()

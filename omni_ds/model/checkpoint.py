@@ -202,7 +202,19 @@ def build_from_parts(whisper_path: str | Path, llm_path: str | Path, omni_config
     return model, tokenizer
 
 
+def resolve_attn_implementation(name: str) -> str:
+    """"auto": flash-attention 2 when installed and a CUDA GPU is present, else PyTorch SDPA."""
+    if name != "auto":
+        return name
+    try:
+        import flash_attn  # noqa: F401
+        return "flash_attention_2" if torch.cuda.is_available() else "sdpa"
+    except ImportError:
+        return "sdpa"
+
+
 def _load_llm(path, dtype, attn_implementation, config=None):
+    attn_implementation = resolve_attn_implementation(attn_implementation)
     quiet = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()   # LLaMA-Omni folders hold non-LLM weights: expected "unused"
     try:
