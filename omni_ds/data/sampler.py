@@ -97,9 +97,10 @@ class DistributedBatchSampler:
         else:
             batches = self._grouped_batches(perm, rng)
         extra = (-len(batches)) % self.world_size
+        surplus = len(batches) % self.world_size
         self.padding_batches = 0
-        if extra and self.drop_last and len(batches) > extra:
-            batches = batches[:len(batches) - extra]
+        if surplus and self.drop_last and len(batches) > surplus:
+            batches = batches[:len(batches) - surplus]
         elif extra:
             # Repeat from the start (cycling if the plan is tiny) so every rank gets a batch.
             batches = batches + [batches[k % len(batches)] for k in range(extra)]
