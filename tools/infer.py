@@ -3,6 +3,7 @@
 
   python tools/infer.py --model DIR --wav FILE [--max-new-tokens N] [--json]
   python tools/infer.py --model DIR --wav FILE --stream 10      # unit chunks of >= 10 units
+  python tools/infer.py --model DIR --wav FILE --vocoder VOCODER_DIR --wav-out answer.wav
 
 --json prints one object {"text", "token_ids" (generated ids only), "units"}.
 Runs in fp32 on CPU by default; a released folder runs in padded mode (30 s), as it was trained.
@@ -35,6 +36,9 @@ def main(argv=None) -> int:
     p.add_argument("--stream", type=int, metavar="OMEGA", default=None,
                    help="emit units in chunks of at least OMEGA units while the text is generated")
     p.add_argument("--units-out", help="write the units as one line for fairseq's unit vocoder")
+    p.add_argument("--vocoder", help="unit HiFi-GAN folder (g_* checkpoint + config.json, fairseq's "
+                   "mHuBERT km1000 vocoder): synthesize the units to --wav-out")
+    p.add_argument("--wav-out", default="answer.wav", help="where --vocoder writes the 16 kHz answer")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = p.parse_args(argv)
@@ -51,6 +55,13 @@ def main(argv=None) -> int:
                     on_chunk=None if args.json else (lambda c: print(f"[units chunk] {c}", flush=True)))
     if args.units_out and result["units"] is not None:
         write_units_file(result["units"], args.units_out)
+    if args.vocoder and result["units"]:
+        import soundfile as sf
+        from omni_ds.vocoder import load_vocoder
+        vocoder = load_vocoder(args.vocoder)
+        sf.write(args.wav_out, vocoder(result["units"]).numpy(), vocoder.sampling_rate)
+        if not args.json:
+            print(f"wav:       {args.wav_out}")
     if args.json:
         print(json.dumps({k: result[k] for k in ("text", "token_ids", "units")}
                          | ({"unit_chunks": result["unit_chunks"]} if "unit_chunks" in result else {})))
