@@ -29,7 +29,7 @@ from omni_ds.data.audio import num_frames, speech_positions
 from omni_ds.data.manifest import Manifest, cache_dir_for
 
 POLICIES = ("skip", "error")
-_INDEX_VERSION = "1"
+_INDEX_VERSION = "2"
 
 
 class DataError(ValueError):

@@ -1,0 +1,60 @@
+"""tools/validate_data.py exit codes and output; tools/make_demo_data.py data (deterministic)."""
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_fixtures import REAL_CLIPS, copy_real, flat, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_validate_data_exit_codes(tmp_path):
+    a, = copy_real(tmp_path / "audio", 1)
+    good = write_jsonl(tmp_path / "good.jsonl", [flat(f"audio/{a.name}")])
+    r = _run("tools/validate_data.py", good)
+    assert r.returncode == 0, r.stderr
+    assert "1 records, 1 good, 0 bad" in r.stdout and "BAD" not in r.stdout
+    bad = write_jsonl(tmp_path / "bad.jsonl", [flat(f"audio/{a.name}"), dict(flat("audio/nope.wav"), id="x1"),
+                                               dict(flat(f"audio/{a.name}", units=[5000]), id="x2")])
+    r = _run("tools/validate_data.py", bad, "--stage", "2")
+    assert r.returncode == 1
+    lines = r.stdout.splitlines()
+    assert any(l.startswith("BAD x1: missing file") for l in lines)
+    assert any(l.startswith("BAD x2: units out of range") for l in lines)
+    assert any(l.startswith("BAD bad.jsonl:0: units missing") for l in lines)
+    assert "3 records, 0 good, 3 bad" in lines[-1]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{not json\n")
+    r = _run("tools/validate_data.py", broken)
+    assert r.returncode == 2 and "line 1" in r.stderr
+
+
+def _digest(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and ".omni_ds_cache" not in p.parts}
+
+
+def test_make_demo_data_is_valid_and_deterministic(tmp_path):
+    pytest.importorskip("espeakng_loader")
+    assert len(REAL_CLIPS) == 10
+    for d in ("a", "b"):
+        r = _run("tools/make_demo_data.py", "--out", tmp_path / d, "--no-models")
+        assert r.returncode == 0, r.stderr
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    train = [json.loads(l) for l in (tmp_path / "a/train.jsonl").read_text().splitlines()]
+    val = [json.loads(l) for l in (tmp_path / "a/val.jsonl").read_text().splitlines()]
+    assert len(train) + len(val) == 20 and len(val) == 4
+    assert sum(r["id"].startswith("gen_") for r in train + val) == 10
+    for r in train + val:
+        assert not Path(r["speech_instruction_path"]).is_absolute() and r["text_response"]
+    r = _run("tools/validate_data.py", tmp_path / "a/train.jsonl", "--check-response-audio",
+             "--max-seconds", "30")
+    assert r.returncode == 0, r.stdout
