@@ -90,7 +90,7 @@ class OmniSpeechModel(nn.Module):
         return splice_speech(tokens, input_ids, attention_mask, labels, speech, speech_len)
 
     # ---- forward ----------------------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+    def forward(self, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, speech_mel: Optional[torch.Tensor] = None,
                 speech_frames: Optional[torch.Tensor] = None, units: Optional[torch.Tensor] = None,
                 response_states: Optional[torch.Tensor] = None,

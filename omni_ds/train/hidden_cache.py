@@ -1,0 +1,179 @@
+"""Stage-2 hidden-state cache: the frozen LLM's response states, computed once, reused.
+
+In stage 2 the encoder, projector and LLM are frozen and run without dropout, so the states that
+feed the CTC decoder are the same every epoch. The cache computes them once (each rank a strided
+share of the records), stores them on disk (bf16 by default) with an index, and serves them to
+later epochs and reruns; the decoder is then the only model that runs.
+
+Layout: CACHE_DIR/<key>/part-RRRRR-of-WWWWW.{bin,json} + meta.json (written last: its presence
+marks the cache complete). The key hashes everything the states depend on: the model folder's
+weights and config, the manifest content, the prompt settings and the omni settings. Changing any
+of them gives a new key, so a stale cache is never read.
+
+Disk cost per sample: response states x LLM width x bytes per value. For Llama-3.1-8B (4096 wide)
+with InstructS2S responses (~55 tokens incl. <|eot_id|>): 55 x 4096 x 2 B = 0.45 MB in bf16, about
+90 GB for 200 K samples (fp32: twice that).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from omni_ds.constants import IGNORE_INDEX
+
+DTYPES = {"bf16": (torch.bfloat16, np.uint16), "fp32": (torch.float32, np.float32)}
+
+
+def file_fingerprint(path: Path) -> str:
+    """Content hash for small files; (name, size, mtime) for weight files, which are large."""
+    st = path.stat()
+    if st.st_size < 16 * 1024 * 1024:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def cache_key(model_dir: Path, manifest_path: Path, settings: dict) -> str:
+    h = hashlib.sha256()
+    for f in sorted(Path(model_dir).glob("*")):
+        if f.suffix in (".json", ".safetensors", ".pt", ".bin") and f.is_file():
+            h.update(f"{f.name}={file_fingerprint(f)};".encode())
+    h.update(f"manifest={file_fingerprint(Path(manifest_path))};".encode())
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:24]
+
+
+class HiddenStateCache:
+    def __init__(self, root: Path, key: str, dtype: str = "bf16"):
+        if dtype not in DTYPES:
+            raise ValueError(f"cache dtype {dtype!r}: allowed {sorted(DTYPES)}")
+        self.dir = Path(root) / key
+        self.dtype = dtype
+        self._parts: dict[int, np.memmap] = {}
+        self._index: Optional[dict[int, tuple[int, int, int]]] = None
+        self._meta: Optional[dict] = None
+
+    @property
+    def complete(self) -> bool:
+        return (self.dir / "meta.json").exists()
+
+    # ---- building ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def build(self, model, dataset, collate, batch_size: int, device, float_dtype: torch.dtype,
+              rank: int = 0, world: int = 1, progress=None) -> None:
+        """Every rank writes the states of dataset items rank, rank + world, ...; rank 0 then
+        writes meta.json once all parts exist. Parts already complete (from a killed build) are kept."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = f"part-{rank:05d}-of-{world:05d}"
+        if not (self.dir / f"{name}.json").exists():
+            self._build_part(model, dataset, collate, batch_size, device, float_dtype,
+                             range(rank, len(dataset), world), name, progress)
+        if dist.is_initialized():
+            dist.barrier()
+        if rank == 0 and not self.complete:
+            width = None
+            for part in sorted(self.dir.glob("part-*.json")):
+                width = width or json.loads(part.read_text())["width"]
+            meta = {"world": world, "dtype": self.dtype, "width": width, "records": len(dataset)}
+            tmp = self.dir / "meta.json.tmp"
+            tmp.write_text(json.dumps(meta))
+            os.replace(tmp, self.dir / "meta.json")
+        if dist.is_initialized():
+            dist.barrier()
+
+    def _build_part(self, model, dataset, collate, batch_size, device, float_dtype,
+                    items: Iterable[int], name: str, progress) -> None:
+        torch_dtype, np_dtype = DTYPES[self.dtype]
+        index: dict[int, list[int]] = {}
+        offset, width = 0, None
+        items = list(items)
+        tmp_bin = self.dir / f"{name}.bin.tmp"
+        with open(tmp_bin, "wb") as out:
+            for start in range(0, len(items), batch_size):
+                batch = collate([dataset[i] for i in items[start:start + batch_size]])
+                inputs = {k: (v.to(device).to(float_dtype) if v.is_floating_point() else v.to(device))
+                          for k, v in batch.items() if torch.is_tensor(v)}
+                states, lengths = model.response_hidden_states(
+                    inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
+                    inputs["speech_mel"], inputs["speech_frames"])
+                width = states.shape[-1]
+                for row, sample in enumerate(batch["sample_index"].tolist()):
+                    n = int(lengths[row])
+                    values = states[row, :n].to(torch_dtype).cpu()
+                    raw = values.view(torch.uint16).numpy() if self.dtype == "bf16" else values.numpy()
+                    out.write(np.ascontiguousarray(raw, dtype=np_dtype).tobytes())
+                    index[sample] = [offset, n]
+                    offset += n * width
+                if progress is not None:
+                    progress(len(batch["sample_index"]))
+        os.replace(tmp_bin, self.dir / f"{name}.bin")
+        tmp = self.dir / f"{name}.json.tmp"
+        tmp.write_text(json.dumps({"width": width, "index": index}))
+        os.replace(tmp, self.dir / f"{name}.json")      # the part counts only once this exists
+
+    # ---- reading -------------------------------------------------------------------------------
+    def _load(self) -> None:
+        if not self.complete:
+            raise FileNotFoundError(f"hidden-state cache {self.dir} is incomplete (no meta.json)")
+        self._meta = json.loads((self.dir / "meta.json").read_text())
+        _, np_dtype = DTYPES[self._meta["dtype"]]
+        self._index = {}
+        for p, part in enumerate(sorted(self.dir.glob("part-*.json"))):
+            info = json.loads(part.read_text())
+            binary = part.with_suffix(".bin")
+            self._parts[p] = (np.memmap(binary, dtype=np_dtype, mode="r") if binary.stat().st_size
+                              else np.zeros(0, dtype=np_dtype))
+            for sample, (offset, n) in info["index"].items():
+                self._index[int(sample)] = (p, offset, n)
+
+    def get(self, sample_index: int) -> torch.Tensor:
+        """[n_states, width] float32 states of the record at this manifest index."""
+        if self._index is None:
+            self._load()
+        if sample_index not in self._index:
+            raise KeyError(f"hidden-state cache {self.dir} has no record with manifest index {sample_index}")
+        p, offset, n = self._index[sample_index]
+        width = self._meta["width"]
+        raw = torch.from_numpy(np.array(self._parts[p][offset: offset + n * width])).view(n, width)
+        if self._meta["dtype"] == "bf16":
+            raw = raw.view(torch.bfloat16)
+        return raw.float()
+
+
+class CachedStatesDataset(torch.utils.data.Dataset):
+    """Stage-2 items from the cache: same indices as the base dataset, no audio or LLM needed."""
+
+    def __init__(self, base, cache: HiddenStateCache):
+        self.base = base
+        self.cache = cache
+        self.indices = base.indices
+        self.lengths = base.lengths
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        rec = self.base.manifest[int(self.indices[i])]
+        return {"response_states": self.cache.get(int(rec["index"])),
+                "units": torch.tensor(rec["units"], dtype=torch.long), "sample_index": int(rec["index"])}
+
+
+def collate_cached(items: list[dict]) -> dict:
+    """[B, N, D] states right padded with zeros, their lengths, units padded with -100."""
+    n = max(it["response_states"].shape[0] for it in items)
+    u = max(len(it["units"]) for it in items)
+    width = items[0]["response_states"].shape[1]
+    states = torch.zeros(len(items), n, width)
+    units = torch.full((len(items), u), IGNORE_INDEX, dtype=torch.long)
+    for b, it in enumerate(items):
+        states[b, : it["response_states"].shape[0]] = it["response_states"]
+        units[b, : len(it["units"])] = it["units"]
+    return {"response_states": states,
+            "response_lengths": torch.tensor([it["response_states"].shape[0] for it in items]),
+            "units": units, "sample_index": torch.tensor([it["sample_index"] for it in items])}
