@@ -122,7 +122,7 @@ class InstructionSet(torch.utils.data.Dataset):
         """Find unusable records (missing/unreadable audio, empty text, too long, bad units)."""
         import soundfile as sf
         from omni_ds.data.prompt import PromptError
-        keep, bad = [], []
+        keep, bad, lengths = [], [], []
         for i in range(len(self.manifest)):
             rec = self.manifest[i]
             try:
@@ -136,11 +136,13 @@ class InstructionSet(torch.utils.data.Dataset):
                     u = rec.get("units")
                     if not u or min(u) < 0 or max(u) > 999:
                         raise ValueError("units missing or outside 0..999")
-                self.prompt.build(rec["response_text"], speech_positions=self._positions(info.frames))
+                n_speech = self._positions(int(info.duration * 16000))
+                built = self.prompt.build(rec["response_text"], speech_positions=n_speech)
                 keep.append(i)
+                lengths.append(len(built["input_ids"]) - 1 + n_speech)
             except (OSError, RuntimeError, ValueError, PromptError) as e:
                 bad.append((rec["id"], str(e)))
-        self.keep, self.bad = keep, bad
+        self.keep, self.bad, self.lengths = keep, bad, lengths
         return bad
 
     def _positions(self, n_samples: int) -> int:

@@ -1,0 +1,190 @@
+"""`--dry-run`: validate config, DeepSpeed config, data and checkpoints, print the plan (world
+size, batch geometry, steps, warmup, parameter counts, per-GPU memory estimate) — no training,
+no weights loaded (parameter counts come from config.json files on the meta device).
+Exit status 0 when everything checks out and the memory estimate fits, 1 otherwise."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from omni_ds.train.config import ConfigError, TrainConfig
+from omni_ds.train.ds_config import fill_ds_config, offload_optimizer, offload_params, zero_stage
+from omni_ds.train import memory as mem
+
+
+def _n(x: float) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if x >= div:
+            return f"{x / div:.2f} {unit}"
+    return str(int(x))
+
+
+def _llm_config(cfg: TrainConfig):
+    from transformers import AutoConfig
+    if cfg.init_from:
+        raw = json.loads((Path(cfg.init_from) / "config.json").read_text())
+        llm_type = raw.get("omni_ds", {}).get("llm_model_type", "llama")
+        keep = {k: v for k, v in raw.items() if not k.startswith(("speech_", "ctc_", "omni_ds", "unit_"))
+                and k not in ("model_type", "architectures", "auto_map")}
+        return AutoConfig.for_model(llm_type, **keep), raw
+    return AutoConfig.from_pretrained(cfg.llm_path), None
+
+
+def _whisper_dims(cfg: TrainConfig, omni_raw: Optional[dict]) -> dict:
+    if cfg.whisper_path and (Path(cfg.whisper_path) / "config.json").is_file():
+        w = json.loads((Path(cfg.whisper_path) / "config.json").read_text())
+        return {k: w[k] for k in ("d_model", "encoder_layers", "encoder_ffn_dim", "num_mel_bins",
+                                  "max_source_positions")}
+    if omni_raw and "speech_encoder_config" in omni_raw.get("omni_ds", {}):
+        w = omni_raw["omni_ds"]["speech_encoder_config"]
+        return {k: w[k] for k in ("d_model", "encoder_layers", "encoder_ffn_dim", "num_mel_bins",
+                                  "max_source_positions")}
+    return dict(mem.WHISPER_LARGE_V3)      # an openai-whisper .pt encoder: large-v3 dims
+
+
+def model_shape(cfg: TrainConfig) -> tuple[mem.ModelShape, int]:
+    """Exact LLM counts from a meta-device instantiation; speech parts from their formulas."""
+    from transformers import AutoModelForCausalLM
+    from omni_ds.model.omni_config import parse_ctc_decoder_config
+    llm_cfg, omni_raw = _llm_config(cfg)
+    with torch.device("meta"):
+        llm = AutoModelForCausalLM.from_config(llm_cfg)
+    llm_params = sum(p.numel() for p in llm.parameters())
+    largest = max(p.numel() for p in llm.parameters())
+    w = _whisper_dims(cfg, omni_raw)
+    proj_h = int(cfg.omni.get("speech_projector_hidden_size", 2048))
+    k = int(cfg.omni.get("speech_encoder_ds_rate", 5))
+    layers, width, heads, ffn = parse_ctc_decoder_config(cfg.omni.get("ctc_decoder_config", "(2,4096,32,11008)"))
+    shape = mem.ModelShape(
+        llm_params=llm_params, llm_largest_layer=largest, hidden_size=llm_cfg.hidden_size,
+        intermediate_size=getattr(llm_cfg, "intermediate_size", 4 * llm_cfg.hidden_size),
+        num_layers=llm_cfg.num_hidden_layers, vocab_size=llm_cfg.vocab_size,
+        encoder_params=mem.whisper_encoder_param_count(**w),
+        projector_params=mem.projector_param_count(w["d_model"], llm_cfg.hidden_size, k, proj_h),
+        decoder_params=mem.ctc_decoder_param_count(llm_cfg.hidden_size, layers, width, heads, ffn),
+        decoder_hidden=width, decoder_intermediate=ffn, decoder_layers=layers)
+    return shape, w["d_model"]
+
+
+def dry_run(cfg: TrainConfig, ds_path: str, ds_raw: dict, world_size: Optional[int],
+            gpu: Optional[str], gpu_gib: Optional[float]) -> int:
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    problems: list[str] = []
+    out = print
+    out(f"omni_ds dry run: stage {cfg.stage}, config OK ({len(cfg.to_dict())} keys), --ds {ds_path}")
+
+    # batch geometry and the DeepSpeed config
+    try:
+        micro, gas, global_batch = cfg.batch_geometry(world)
+        ds = fill_ds_config(ds_raw, cfg, world, source=f"--ds {ds_path}")
+        out(f"  world size {world}: micro batch {micro} x GAS {gas} x {world} ranks = global batch {global_batch}")
+        out(f"  DeepSpeed: ZeRO-{zero_stage(ds)}, precision {cfg.precision}, clipping {cfg.max_grad_norm}, "
+            f"optimizer offload {offload_optimizer(ds)}, param offload {offload_params(ds)}")
+    except ConfigError as e:
+        out(f"  ERROR {e}")
+        return 1
+
+    # model (config.json only)
+    shape = None
+    for key in (("init_from",) if cfg.init_from else ("whisper_path", "llm_path")):
+        path = getattr(cfg, key)
+        if not Path(path).exists():
+            problems.append(f"config key {key!r} = {path!r}: no such file or folder")
+    try:
+        shape, _ = model_shape(cfg)
+        trainable = (shape.projector_params + (0 if cfg.freeze_backbone else shape.llm_params)
+                     if cfg.stage == 1 else shape.decoder_params)
+        out(f"  model: LLM {_n(shape.llm_params)} (hidden {shape.hidden_size}, {shape.num_layers} layers, "
+            f"vocab {shape.vocab_size}), encoder {_n(shape.encoder_params)} (frozen), projector "
+            f"{_n(shape.projector_params)}, speech decoder {_n(shape.decoder_params)}; "
+            f"trainable in stage {cfg.stage}: {_n(trainable)} params")
+    except Exception as e:                      # noqa: BLE001 - report, keep validating the rest
+        problems.append(f"model config: {e}")
+
+    # data
+    seq_len, n_train = 415, None
+    try:
+        from transformers import AutoTokenizer
+        from omni_ds.train.data import InstructionSet
+        tok = AutoTokenizer.from_pretrained(str(cfg.tokenizer_path or cfg.init_from or cfg.llm_path))
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        mode = cfg.omni.get("encoder_mode", "padded")
+        for key in ("train_manifest", "val_manifest"):
+            path = getattr(cfg, key)
+            if not path:
+                continue
+            ds_set = InstructionSet(path, tok, mode, cfg.model_max_length, cfg.max_speech_seconds,
+                                    need_units=cfg.stage == 2)
+            bad = ds_set.check()
+            out(f"  {key}: {path}: {len(ds_set.manifest)} records, {len(ds_set)} usable, {len(bad)} bad"
+                + (f" (bad_records = {cfg.bad_records!r})" if bad else ""))
+            for rid, why in bad:
+                out(f"    bad record {rid}: {why}")
+            if bad and cfg.bad_records == "stop":
+                problems.append(f"{key}: {len(bad)} bad records and bad_records = 'stop'")
+            if key == "train_manifest":
+                n_train = len(ds_set)
+                if ds_set.lengths:
+                    seq_len = max(ds_set.lengths)
+                    out(f"    LLM positions per sample: mean {sum(ds_set.lengths) / len(ds_set.lengths):.0f}, "
+                        f"max {seq_len} (memory is planned for the max)")
+    except Exception as e:                      # noqa: BLE001
+        problems.append(f"data: {e}")
+    if n_train is not None:
+        from omni_ds.train.schedule import num_optimizer_steps, warmup_steps
+        try:
+            total, per_epoch = num_optimizer_steps(n_train, global_batch, cfg.num_train_epochs, cfg.max_steps)
+            out(f"  schedule: {n_train // global_batch} steps/epoch, {total} optimizer steps "
+                f"({'max_steps' if cfg.max_steps else f'{cfg.num_train_epochs:g} epochs'}), "
+                f"{warmup_steps(total, cfg.warmup_ratio)} warmup, {cfg.lr_scheduler_type}, peak lr "
+                f"{cfg.learning_rate:g} (projector {cfg.projector_lr():g})")
+        except ValueError as e:
+            problems.append(str(e))
+
+    # checkpoints
+    try:
+        from omni_ds.train.checkpointing import CheckpointManager
+        ckpt = CheckpointManager(cfg.output_dir, cfg.save_total_limit, 0, 0, lambda: None)
+        where = ckpt.resolve(cfg.resume)
+        out(f"  checkpoints: {'resume from ' + str(where) if where else 'fresh start'} "
+            f"(output_dir {cfg.output_dir}, every {cfg.save_steps or 'end only'} steps, keep {cfg.save_total_limit})")
+    except (OSError, RuntimeError) as e:
+        problems.append(f"checkpoints: {e}")
+
+    # memory
+    fits = True
+    if shape is not None:
+        gpu_mem = gpu_gib or (mem.GPU_MEMORY_GIB.get(gpu.upper()) if gpu else None)
+        if gpu and gpu_mem is None:
+            problems.append(f"--gpu {gpu!r}: unknown; known: {sorted(mem.GPU_MEMORY_GIB)} (or give --gpu-memory-gib)")
+        name = gpu or "GPU"
+        if gpu_mem is None and torch.cuda.is_available():
+            gpu_mem = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
+            name = torch.cuda.get_device_name(0)
+        plan = mem.estimate(shape, cfg.stage, zero_stage(ds), world, micro, seq_len, cfg.gradient_checkpointing,
+                            cfg.precision, offload_optimizer(ds), offload_params(ds), cfg.freeze_backbone)
+        out(f"  memory per GPU (sequence {seq_len} LLM positions): {plan.describe()}")
+        out(f"  {mem.verdict(plan, gpu_mem, name)}")
+        if gpu_mem is not None and plan.total_gib > gpu_mem:
+            fits = False
+            alts = mem.alternatives(shape, cfg.stage, world, micro, seq_len, cfg.precision, gpu_mem,
+                                    cfg.freeze_backbone)
+            if alts:
+                out("  what fits instead:")
+                for a in alts:
+                    out(f"    - {a.describe().splitlines()[0]}: {a.total_gib:.1f} GiB "
+                        f"(ds_configs/{'zero3_offload' if a.offload_params else 'zero3' if a.zero_stage == 3 else 'zero2 + offload_optimizer'})")
+            else:
+                out("  nothing fits at this micro batch on this many GPUs: add GPUs or lower the micro batch")
+    for p in problems:
+        out(f"  ERROR {p}")
+    ok = not problems and fits
+    out("dry run: OK" if ok else "dry run: NOT READY")
+    return 0 if ok else 1

@@ -1,0 +1,71 @@
+"""Export a DeepSpeed training checkpoint to a LLaMA-Omni-layout folder.
+
+    python tools/export.py --checkpoint runs/stage1 --out exported/stage1            # latest checkpoint
+    python tools/export.py --checkpoint runs/stage1/checkpoints/step_000400 --out ... [--dtype bf16]
+
+ZeRO-2 and ZeRO-3 shards are consolidated to fp32 on the CPU with DeepSpeed's zero_to_fp32
+(trainable params from the optimizer's fp32 partitions, frozen ones from the model files), loaded
+into a model built from the run's own training config (saved in the checkpoint), and written with
+`save_omni_folder` (config.json with LLaMA-Omni keys, safetensors with LLaMA-Omni names,
+tokenizer). Needs CPU memory for the fp32 model (~4 bytes/param) and no GPU.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _latest_under(p: Path) -> Path:
+    for d in (p, p / "checkpoints"):
+        if (d / "latest").is_file():
+            tag = (d / "latest").read_text().strip()
+            if (d / tag / "omni_ds_state.json").is_file():
+                return d / tag
+            raise SystemExit(f"error: {d / 'latest'} names {tag}, which is incomplete")
+    raise SystemExit(f"error: --checkpoint {p}: not a checkpoint (no omni_ds_state.json) and no "
+                     "'latest' in it or in its checkpoints/ folder")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True,
+                    help="a step_N checkpoint folder, a checkpoints/ folder or an output_dir (latest)")
+    ap.add_argument("--out", required=True, help="folder to write (replaced atomically)")
+    ap.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16",
+                    help="dtype of the written weights (default bf16, as released)")
+    args = ap.parse_args(argv)
+
+    import torch
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from omni_ds.model.checkpoint import save_omni_folder
+    from omni_ds.train.config import build_config
+    from omni_ds.train.recipe import build_model
+
+    ckpt = _latest_under(Path(args.checkpoint)) if not (Path(args.checkpoint) / "omni_ds_state.json").is_file() \
+        else Path(args.checkpoint)
+    state = json.loads((ckpt / "omni_ds_state.json").read_text())
+    cfg = build_config(state["config"], source=f"{ckpt}/omni_ds_state.json")
+    print(f"export: {ckpt} (stage {cfg.stage}, step {state['step']}) -> {args.out}")
+    full = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
+    model, tokenizer = build_model(cfg, {})          # skeleton + tokenizer from the run's config
+    own = model.state_dict()
+    missing = sorted(set(own) - set(full))
+    unexpected = sorted(set(full) - set(own))
+    if missing or unexpected:
+        raise SystemExit(f"error: checkpoint {ckpt} does not match the model of its config: "
+                         f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    model.load_state_dict({k: v.contiguous() for k, v in full.items()}, strict=True)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    out = save_omni_folder(args.out, model, tokenizer, metadata={
+        "exported_from": str(ckpt), "step": state["step"], "stage": cfg.stage, "loss": state.get("loss"),
+        "config": state["config"]}, dtype=dtype)
+    print(f"export: wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
