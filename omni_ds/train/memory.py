@@ -172,7 +172,7 @@ def estimate(shape: ModelShape, stage: int, zero_stage: int, world_size: int, mi
         else:
             acts = L * per_layer
         plan.lines["LLM activations"] = acts / GIB
-        plan.lines["logits + loss (fp32)"] = 2 * s * shape.vocab_size * 4 / GIB
+        plan.lines["logits + loss (fp32, upper bound)"] = 2 * s * shape.vocab_size * 4 / GIB
     else:
         dec_s = micro_batch * 25 * 60
         per_layer = dec_s * (34 * shape.decoder_hidden + 3 * shape.decoder_intermediate * 2)

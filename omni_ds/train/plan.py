@@ -180,7 +180,7 @@ def dry_run(cfg: TrainConfig, ds_path: str, ds_raw: dict, world_size: Optional[i
                 out("  what fits instead:")
                 for a in alts:
                     out(f"    - {a.describe().splitlines()[0]}: {a.total_gib:.1f} GiB "
-                        f"(ds_configs/{'zero3_offload' if a.offload_params else 'zero3' if a.zero_stage == 3 else 'zero2 + offload_optimizer'})")
+                        f"(ds_configs/{'zero3_offload.json' if a.offload_params else 'zero2_offload.json' if a.zero_stage == 2 and a.offload_optimizer else 'zero3.json + offload_optimizer' if a.offload_optimizer else 'zero3.json' if a.zero_stage == 3 else 'zero2.json'}{'' if not a.gradient_checkpointing else ', gradient_checkpointing true'})")
             else:
                 out("  nothing fits at this micro batch on this many GPUs: add GPUs or lower the micro batch")
     for p in problems:

@@ -1,0 +1,65 @@
+"""Per-GPU memory estimate for omni_ds training, for any model size, GPU count and GPU.
+
+    python tools/estimate_memory.py --llm llama-3.1-8b --gpus 4 --gpu L40              # stage 1, all ZeRO setups
+    python tools/estimate_memory.py --params 8.05e9 --zero 2 --gpus 4 --gpu-memory-gib 45
+    python tools/estimate_memory.py --llm llama-3.2-1b --stage 2 --gpus 1 --gpu 4090
+
+Model states follow DeepSpeed's estimator (estimate_zero2/3_model_states_mem_needs); see
+omni_ds/train/memory.py for every term. The training entry points print the same estimate in
+--dry-run with the exact parameter counts of the configured model.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from omni_ds.train import memory as mem  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--llm", default="llama-3.1-8b", choices=sorted(mem.LLM_PRESETS))
+    ap.add_argument("--params", type=float, default=None,
+                    help="override: total LLM params (e.g. 8.03e9); width/depth scaled from --llm")
+    ap.add_argument("--stage", type=int, choices=(1, 2), default=1)
+    ap.add_argument("--zero", type=int, choices=(0, 1, 2, 3), default=None, help="one ZeRO stage (default: all)")
+    ap.add_argument("--offload-optimizer", action="store_true")
+    ap.add_argument("--offload-params", action="store_true")
+    ap.add_argument("--gpus", type=int, default=4, help="GPUs in total (all nodes)")
+    ap.add_argument("--gpu", default=None, help=f"one of {sorted(mem.GPU_MEMORY_GIB)}")
+    ap.add_argument("--gpu-memory-gib", type=float, default=None)
+    ap.add_argument("--micro-batch", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=415,
+                    help="LLM positions per sample (415: padded 30 s speech + prompt + answer)")
+    ap.add_argument("--no-recompute", action="store_true", help="activation checkpointing off")
+    ap.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16")
+    ap.add_argument("--freeze-backbone", action="store_true")
+    args = ap.parse_args(argv)
+
+    shape = mem.shape_for(mem.LLM_PRESETS[args.llm], with_decoder=True)
+    if args.params:
+        scale = args.params / shape.llm_params
+        shape.llm_params = int(args.params)
+        shape.llm_largest_layer = int(shape.llm_largest_layer * scale)
+    gpu_gib = args.gpu_memory_gib or (mem.GPU_MEMORY_GIB.get(args.gpu.upper()) if args.gpu else None)
+    if args.gpu and gpu_gib is None:
+        ap.error(f"--gpu {args.gpu!r}: unknown; known: {sorted(mem.GPU_MEMORY_GIB)} (or --gpu-memory-gib)")
+    name = args.gpu or "GPU"
+    print(f"{args.llm}: LLM {shape.llm_params / 1e9:.3f} B, Whisper encoder {shape.encoder_params / 1e9:.3f} B "
+          f"(frozen), projector {shape.projector_params / 1e6:.1f} M, CTC decoder {shape.decoder_params / 1e6:.1f} M; "
+          f"stage {args.stage}, {args.gpus} GPU(s)")
+    setups = ([(args.zero, args.offload_optimizer, args.offload_params)] if args.zero is not None else
+              [(2, False, False), (2, True, False), (3, False, False), (3, True, False), (3, True, True)])
+    any_fit = False
+    for z, oo, op in setups:
+        plan = mem.estimate(shape, args.stage, z, args.gpus, args.micro_batch, args.seq_len,
+                            not args.no_recompute, args.precision, oo, op, args.freeze_backbone)
+        print(plan.describe())
+        print("  -> " + mem.verdict(plan, gpu_gib, name))
+        any_fit |= gpu_gib is None or plan.total_gib <= gpu_gib
+    return 0 if any_fit else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
