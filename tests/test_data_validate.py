@@ -101,3 +101,17 @@ def test_lengths_follow_mel_mode(tmp_path, tok):
     trimmed = validate_manifest(m, ValidationConfig(mel_mode="trimmed"), PromptBuilder(tok))
     text = padded.n_prompt[0] - 1 + padded.n_answer[0]
     assert padded.lengths[0] == 300 + text and trimmed.lengths[0] == 21 + text
+
+
+def test_token_counts_equal_built_ids(tmp_path, tok):
+    a, = copy_real(tmp_path / "audio", 1)
+    recs = [flat(f"audio/{a.name}", response=r) for r in ["Yes.", "Ünïcode ✓ and 12345 digits!", "a b " * 50]]
+    recs.append({"id": "llava", "speech": f"audio/{a.name}", "conversations": [
+        {"from": "human", "value": "<speech>\nOwn instruction."}, {"from": "gpt", "value": "Fine."}]})
+    m = load_manifest(write_jsonl(tmp_path / "m.jsonl", recs))
+    builder = PromptBuilder(tok)
+    report = validate_manifest(m, ValidationConfig(), builder)
+    for i in range(len(m)):
+        out = builder.build(m[i]["response_text"], m[i]["prompt_instruction"])
+        assert report.n_prompt[i] == out["n_prompt"]
+        assert report.n_answer[i] == len(out["input_ids"]) - out["n_prompt"]

@@ -101,7 +101,10 @@ def log_mel(wave, n_mels: int = 128, mode: str = "padded") -> tuple[torch.Tensor
 
 
 def log_mel_batch(waves: torch.Tensor, n_mels: int = 128) -> torch.Tensor:
-    """[B, samples] -> [B, n_mels, 3000]: each row padded/cut to 30 s, then Whisper's log-mel."""
+    """[B, samples] -> [B, n_mels, 3000]: each row padded/cut to 30 s, then Whisper's log-mel.
+
+    Batching pays on a GPU; on a CPU one clip at a time is faster (the batch's spectra leave the
+    cache), which is why the dataset calls `log_mel` per sample in its workers."""
     x = pad_or_trim(waves.float(), N_SAMPLES)
     window = torch.hann_window(N_FFT, dtype=x.dtype, device=x.device)   # periodic Hann
     spec = torch.stft(x, N_FFT, HOP_LENGTH, window=window, center=True, pad_mode="reflect",
