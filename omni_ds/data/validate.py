@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from omni_ds.constants import SAMPLE_RATE, UNIT_VOCAB_SIZE
-from omni_ds.data.audio import num_frames, speech_positions
+from omni_ds.data.audio import speech_positions
 from omni_ds.data.manifest import Manifest, cache_dir_for
 
 POLICIES = ("skip", "error")
@@ -258,7 +258,7 @@ def record_speech_positions(instr_samples: np.ndarray, cfg: ValidationConfig) ->
     if cfg.mel_mode == "padded":
         return np.full(len(instr_samples), speech_positions(3000, cfg.speech_ds_rate), np.int64)
     frames = np.minimum(np.ceil(np.maximum(instr_samples, 0) / 160), 3000).astype(np.int64)
-    return ((frames + 1) // 2) // cfg.speech_ds_rate
+    return speech_positions(frames, cfg.speech_ds_rate)          # elementwise on the array
 
 
 def validate_manifest(manifest: Manifest, cfg: ValidationConfig | None = None, builder=None) -> ValidationReport:
@@ -336,8 +336,3 @@ def validate_manifest(manifest: Manifest, cfg: ValidationConfig | None = None, b
         more = f"\n  ... and {len(bad_list) - 50} more" if len(bad_list) > 50 else ""
         raise DataError(f"{manifest.path}: {len(bad_list)} bad record(s) (policy 'error'):\n{shown}{more}")
     return report
-
-
-def expected_frames(report: ValidationReport, i: int) -> int:
-    """Real mel frames of record i (manifest index) from the index, without decoding."""
-    return num_frames(int(report.instr_samples[i]))
