@@ -86,10 +86,12 @@ def test_dataloader_with_sampler(manifest, tok):
 def test_file_vanishing_after_validation(manifest, tok):
     builder = PromptBuilder(tok)
     ds = OmniSpeechDataset(manifest, builder, ValidationConfig())
-    os.remove(manifest[1]["speech_path"])
+    gone = manifest[1]["speech_path"]
+    os.remove(gone)
     item = ds[1]                                   # skip policy: the next good record stands in
     assert item["sample_index"] == 2
-    assert ds.load_failures[0][0] == "m.jsonl:1" and "missing.wav" not in ds.load_failures[0][1]
+    assert ds.load_failures == [("m.jsonl:1", ds.load_failures[0][1])]
+    assert "record m.jsonl:1" in ds.load_failures[0][1] and gone in ds.load_failures[0][1]
     strict = OmniSpeechDataset(manifest, builder, ValidationConfig(on_bad="error"),
                                report=ds.report)
     with pytest.raises(DataError, match=r"record m.jsonl:1 \(manifest index 1\)") as e:
