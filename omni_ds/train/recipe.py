@@ -12,10 +12,10 @@ import os
 import random
 import sys
 import time
-from contextlib import nullcontext
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -162,15 +162,49 @@ def make_evaluator(engine, val, collate, cfg, rank: int, world: int):
 
 
 # ---- the run -----------------------------------------------------------------------------------------
-def run(cfg: TrainConfig, ds_path: str) -> dict:
+@dataclass
+class Run:
+    """Everything a training run holds after setup (engine, data, schedule, checkpoints)."""
+    cfg: TrainConfig
+    ds: dict
+    rank: int
+    world: int
+    engine: Any
+    model: Any
+    tokenizer: Any
+    train_set: Any
+    val_set: Any
+    collate: Any
+    stream: Any
+    total_steps: int
+    n_warmup: int
+    global_batch: int
+    groups: list
+    counts: dict
+    flops_model: Any
+    peak_tflops: Optional[float]
+    ckpt: Any
+    state: Any
+    info: dict = field(default_factory=dict)
+
+    def log(self, msg: str) -> None:
+        if self.rank == 0:
+            print(f"[omni_ds] {msg}", flush=True)
+
+    def checkpoint_state(self, st) -> dict:
+        return {"step": st.step, "samples": st.samples, "tokens": st.tokens, "data": self.stream.position(),
+                "global_batch": self.global_batch, "num_samples": len(self.train_set), "loss": st.last_loss,
+                "world_size": self.world, "config": self.cfg.to_dict()}
+
+
+def setup(cfg: TrainConfig, ds_path: str) -> Run:
     import deepspeed
     import torch.distributed as dist
 
     from omni_ds.train.checkpointing import CheckpointManager
     from omni_ds.train.data import Collator, StepSampler, StepStream, shuffled_order
     from omni_ds.train.flops import flops_model_for, guess_peak_tflops
-    from omni_ds.train.loop import LoopState, NonFiniteLoss, fit
-    from omni_ds.train.metrics import Observer
+    from omni_ds.train.loop import LoopState
     from omni_ds.train.param_groups import build_param_groups, count_params, for_optimizer
     from omni_ds.train.schedule import make_scheduler_factory, num_optimizer_steps, warmup_steps
 
@@ -178,9 +212,8 @@ def run(cfg: TrainConfig, ds_path: str) -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     from deepspeed.accelerator import get_accelerator
-    acc = get_accelerator()
-    if acc.device_name() == "cuda":
-        acc.set_device(local_rank)
+    if get_accelerator().device_name() == "cuda":
+        get_accelerator().set_device(local_rank)
 
     def log(msg: str) -> None:
         if rank == 0:
@@ -196,12 +229,11 @@ def run(cfg: TrainConfig, ds_path: str) -> dict:
     train_set, val_set = build_data(cfg, tokenizer, encoder_mode, log)
     collate = Collator(tokenizer.pad_token_id)
     sampler = StepSampler(len(train_set), micro, gas, world, rank, shuffled_order(len(train_set), cfg.seed))
-    total_steps, steps_per_epoch = num_optimizer_steps(len(train_set), global_batch, cfg.num_train_epochs,
-                                                       cfg.max_steps)
-    steps_per_epoch = sampler.steps_per_epoch
+    total_steps, _ = num_optimizer_steps(len(train_set), global_batch, cfg.num_train_epochs, cfg.max_steps)
     n_warmup = warmup_steps(total_steps, cfg.warmup_ratio)
 
-    # optimizer groups and engine
+    # optimizer groups and engine (the optimizer from the DeepSpeed config when it has one,
+    # e.g. DeepSpeedCPUAdam for offload; torch AdamW otherwise)
     groups = build_param_groups(model, cfg)
     counts = count_params(model)
     opt_groups = for_optimizer(groups)
@@ -234,59 +266,69 @@ def run(cfg: TrainConfig, ds_path: str) -> dict:
         state.step, state.samples, state.tokens = saved["step"], saved["samples"], saved["tokens"]
         stream.epoch, stream.step_in_epoch = saved["data"]["epoch"], saved["data"]["step_in_epoch"]
         log(f"resumed from {resume_from} at step {state.step} (epoch {stream.epoch}, "
-            f"step {stream.step_in_epoch} of {steps_per_epoch})")
+            f"step {stream.step_in_epoch} of {sampler.steps_per_epoch})")
 
-    def checkpoint_state(st: LoopState) -> dict:
-        return {"step": st.step, "samples": st.samples, "tokens": st.tokens, "data": stream.position(),
-                "global_batch": global_batch, "num_samples": len(train_set), "loss": st.last_loss,
-                "world_size": world, "config": cfg.to_dict()}
-
-    run_info = {"config": cfg.to_dict(), "ds_config": ds, "world_size": world, "micro_batch": micro,
-                "gradient_accumulation_steps": gas, "global_batch": global_batch,
-                "train_samples": len(train_set), "skipped_records": len(train_set.bad),
-                "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "warmup_steps": n_warmup,
-                "params": counts, "zero_stage": zero_stage(ds),
-                "param_groups": {g["name"]: {"lr": g["lr"], "weight_decay": g["weight_decay"],
-                                             "tensors": len(g["params"])} for g in groups}}
+    info = {"config": cfg.to_dict(), "ds_config": ds, "world_size": world, "micro_batch": micro,
+            "gradient_accumulation_steps": gas, "global_batch": global_batch,
+            "train_samples": len(train_set), "skipped_records": len(train_set.bad),
+            "steps_per_epoch": sampler.steps_per_epoch, "total_steps": total_steps, "warmup_steps": n_warmup,
+            "params": counts, "zero_stage": zero_stage(ds),
+            "param_groups": {g["name"]: {"lr": g["lr"], "weight_decay": g["weight_decay"],
+                                         "tensors": len(g["params"])} for g in groups}}
     log(f"world {world}, micro {micro} x GAS {gas} = global batch {global_batch}; "
-        f"{len(train_set)} samples, {steps_per_epoch} steps/epoch, {total_steps} steps, {n_warmup} warmup; "
+        f"{len(train_set)} samples, {sampler.steps_per_epoch} steps/epoch, {total_steps} steps, {n_warmup} warmup; "
         f"trainable {counts['trainable'] / 1e6:.2f} M of {counts['total'] / 1e6:.2f} M params; ZeRO-{zero_stage(ds)}")
-    observer = Observer(cfg, rank, total_steps, state.step, run_info)
-    trace = make_trace(cfg, rank) if cfg.trace_samples else None
-    evaluate = make_evaluator(engine, val_set, collate, cfg, rank, world)
+    return Run(cfg, ds, rank, world, engine, model, tokenizer, train_set, val_set, collate, stream, total_steps,
+               n_warmup, global_batch, groups, counts, flops_model, peak, ckpt, state, info)
+
+
+def run(cfg: TrainConfig, ds_path: str) -> dict:
+    """Setup, the loop, the final checkpoint / evaluation / LLaMA-Omni folder, the JSON summary."""
+    import torch.distributed as dist
+    from omni_ds.train.loop import NonFiniteLoss, fit
+    from omni_ds.train.metrics import Observer
+
+    r = setup(cfg, ds_path)
+    state = r.state
+    observer = Observer(cfg, r.rank, r.total_steps, state.step, r.info)
+    trace = make_trace(cfg, r.rank) if cfg.trace_samples else None
+    evaluate = make_evaluator(r.engine, r.val_set, r.collate, cfg, r.rank, r.world)
 
     status, error = "completed", None
     t0 = time.time()
     try:
-        fit(engine, stream, cfg, state, total_steps, observer=observer, checkpoints=ckpt,
-            checkpoint_state=checkpoint_state, flops_model=flops_model, peak_tflops=peak,
+        fit(r.engine, r.stream, cfg, state, r.total_steps, observer=observer, checkpoints=r.ckpt,
+            checkpoint_state=r.checkpoint_state, flops_model=r.flops_model, peak_tflops=r.peak_tflops,
             evaluate=evaluate, trace=trace)
     except NonFiniteLoss as e:
         status, error = "stopped_nonfinite", str(e)
-        print(f"[omni_ds rank {rank}] ERROR: {e}", file=sys.stderr, flush=True)
+        print(f"[omni_ds rank {r.rank}] ERROR: {e}", file=sys.stderr, flush=True)
 
     final_dir = None
     if status == "completed":
         if state.last_saved != state.step:
-            ckpt.save(engine, state.step, checkpoint_state(state))
+            r.ckpt.save(r.engine, state.step, r.checkpoint_state(state))
             state.last_saved = state.step
         if evaluate is not None:
             result = evaluate()
             state.evals.append({"step": state.step, **result})
             observer.log(state.step, result, prefix="eval")
         if cfg.save_final:
-            final_dir = save_final(engine, model, tokenizer, cfg, ds, rank,
+            final_dir = save_final(r.engine, r.model, r.tokenizer, cfg, r.ds, r.rank,
                                    {"stage": cfg.stage, "steps": state.step, "final_loss": state.last_loss,
                                     "config": cfg.to_dict()})
+    latest = r.ckpt.latest()
     summary = {
-        "status": status, "error": error, "stage": cfg.stage, "steps": state.step, "total_steps": total_steps,
+        "status": status, "error": error, "stage": cfg.stage, "steps": state.step, "total_steps": r.total_steps,
         "final_loss": state.last_loss, "samples": state.samples, "tokens": state.tokens,
         "evals": state.evals, "train_seconds": state.train_seconds, "wall_seconds": time.time() - t0,
         "samples_per_s": state.samples / state.train_seconds if state.train_seconds else None,
-        "mean_mfu": (state.model_flops / (state.train_seconds * world * peak * 1e12)
-                     if peak and state.train_seconds else None),
-        "peak_tflops": peak, "final_dir": str(final_dir) if final_dir else None,
-        "checkpoint": str(ckpt.latest()) if ckpt.latest() else None, **run_info}
+        "mean_tflops_per_device": (state.model_flops / state.train_seconds / r.world / 1e12
+                                   if state.train_seconds else None),
+        "mean_mfu": (state.model_flops / (state.train_seconds * r.world * r.peak_tflops * 1e12)
+                     if r.peak_tflops and state.train_seconds else None),
+        "peak_tflops": r.peak_tflops, "final_dir": str(final_dir) if final_dir else None,
+        "checkpoint": str(latest) if latest else None, **r.info}
     observer.close(summary)
     if trace is not None:
         trace.close()
