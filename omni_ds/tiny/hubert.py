@@ -93,14 +93,16 @@ def _random_weights(mc: dict, n_labels: int, seed: int) -> dict[str, torch.Tenso
     sd["encoder.pos_conv.0.weight_v"] = v
     for i in range(mc["encoder_layers"]):
         p = f"encoder.layers.{i}."
-        # Larger than BERT's 0.02 so that each block changes the features noticeably.
+        # 0.3 / sqrt(fan_in): each block changes the features, yet frames stay distinct. At full
+        # scale near-uniform random attention averages the frames together over 11 blocks and
+        # every frame ends up almost equidistant from the k-means centroids (fragile units).
         for name in ("k_proj", "v_proj", "q_proj", "out_proj"):
-            sd[p + f"self_attn.{name}.weight"] = randn(D, D, std=1 / math.sqrt(D))
+            sd[p + f"self_attn.{name}.weight"] = randn(D, D, std=0.3 / math.sqrt(D))
             sd[p + f"self_attn.{name}.bias"] = randn(D, std=0.1)
         sd[p + "self_attn_layer_norm.weight"] = norm_w(D)
         sd[p + "self_attn_layer_norm.bias"] = randn(D, std=0.1)
-        sd[p + "fc1.weight"], sd[p + "fc1.bias"] = randn(F, D, std=1 / math.sqrt(D)), randn(F, std=0.1)
-        sd[p + "fc2.weight"], sd[p + "fc2.bias"] = randn(D, F, std=1 / math.sqrt(F)), randn(D, std=0.1)
+        sd[p + "fc1.weight"], sd[p + "fc1.bias"] = randn(F, D, std=0.3 / math.sqrt(D)), randn(F, std=0.1)
+        sd[p + "fc2.weight"], sd[p + "fc2.bias"] = randn(D, F, std=0.3 / math.sqrt(F)), randn(D, std=0.1)
         sd[p + "final_layer_norm.weight"] = norm_w(D)
         sd[p + "final_layer_norm.bias"] = randn(D, std=0.1)
     sd["encoder.layer_norm.weight"] = norm_w(D)
