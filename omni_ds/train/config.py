@@ -42,12 +42,17 @@ class TrainConfig:
     # ---- data ----------------------------------------------------------------------------
     train_manifest: Optional[str] = None
     val_manifest: Optional[str] = None
-    max_speech_seconds: float = 30.0
+    max_speech_seconds: Optional[float] = None
+    """None: instructions over 30 s are cut to 30 s (the official behaviour); a number: longer
+    instructions are bad records."""
     model_max_length: int = 2048
     """Longest LLM sequence (tokens, the speech placeholder counted once); longer records are skipped."""
     bad_records: str = "skip"
     """"skip" (report each and count them) or "stop" (refuse to train)."""
-    group_by_length: bool = False
+    batching: str = "random"
+    """"random", "length_grouped" (LLaVA-style megabatches sorted by length) or "token_budget"."""
+    max_tokens_per_batch: Optional[int] = None
+    """token_budget batching: micro-batch size x longest LLM length stays within this."""
     num_workers: int = 0
 
     # ---- batch and schedule --------------------------------------------------------------
@@ -167,8 +172,12 @@ class TrainConfig:
             bad("weight_decay", "must be >= 0")
         if self.max_grad_norm < 0:
             bad("max_grad_norm", "must be >= 0 (0 disables clipping)")
-        if self.max_speech_seconds <= 0:
-            bad("max_speech_seconds", "must be > 0")
+        if self.max_speech_seconds is not None and self.max_speech_seconds <= 0:
+            bad("max_speech_seconds", "must be > 0 or null")
+        if self.batching not in ("random", "length_grouped", "token_budget"):
+            bad("batching", 'allowed: "random", "length_grouped", "token_budget"')
+        if self.batching == "token_budget" and not self.max_tokens_per_batch:
+            bad("max_tokens_per_batch", 'batching "token_budget" needs a positive max_tokens_per_batch')
         for r in self.report_to:
             if r not in ("tensorboard", "wandb"):
                 raise ConfigError(f"config key 'report_to' = {self.report_to!r}: "

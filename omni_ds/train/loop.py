@@ -136,7 +136,7 @@ def fit(engine, stream: StepStream, cfg, state: LoopState, total_steps: int, *, 
             from omni_ds.train.flops import mfu
             from omni_ds.train.metrics import max_memory_gib
             scalars = {"loss": loss, "grad_norm": grad_norm, "epoch": epoch + (step_in_epoch + 1) /
-                       stream.sampler.steps_per_epoch, "samples_per_s": pos["samples"] / dt,
+                       stream.steps_in_epoch(epoch), "samples_per_s": pos["samples"] / dt,
                        "tokens_per_s": pos["llm_positions"] / dt, "step_time_s": dt,
                        "targets": n_step, "mfu": mfu(model_flops, dt, world, peak_tflops),
                        "hfu": mfu(hw_flops, dt, world, peak_tflops),

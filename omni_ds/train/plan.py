@@ -107,46 +107,52 @@ def dry_run(cfg: TrainConfig, ds_path: str, ds_raw: dict, world_size: Optional[i
     except Exception as e:                      # noqa: BLE001 - report, keep validating the rest
         problems.append(f"model config: {e}")
 
-    # data
-    seq_len, n_train = 415, None
+    # data: the same validation and batching the run uses (cached audio/token index, no decoding twice)
+    seq_len, total = 415, None
     try:
         from transformers import AutoTokenizer
-        from omni_ds.train.data import InstructionSet
+        from omni_ds.data.manifest import load_manifest
+        from omni_ds.data.prompt import PromptBuilder
+        from omni_ds.data.sampler import DistributedBatchSampler
+        from omni_ds.data.validate import ValidationConfig, validate_manifest
+        from omni_ds.train.data import StepStream
         tok = AutoTokenizer.from_pretrained(str(cfg.tokenizer_path or cfg.init_from or cfg.llm_path))
-        if tok.pad_token_id is None:
-            tok.pad_token = tok.eos_token
-        mode = cfg.omni.get("encoder_mode", "padded")
+        builder = PromptBuilder(tok, model_max_length=cfg.model_max_length)
+        vcfg = ValidationConfig(stage=cfg.stage, mel_mode=cfg.omni.get("encoder_mode", "padded"),
+                                max_seconds=cfg.max_speech_seconds,
+                                speech_ds_rate=int(cfg.omni.get("speech_encoder_ds_rate", 5)))
         for key in ("train_manifest", "val_manifest"):
             path = getattr(cfg, key)
             if not path:
                 continue
-            ds_set = InstructionSet(path, tok, mode, cfg.model_max_length, cfg.max_speech_seconds,
-                                    need_units=cfg.stage == 2)
-            bad = ds_set.check()
-            out(f"  {key}: {path}: {len(ds_set.manifest)} records, {len(ds_set)} usable, {len(bad)} bad"
-                + (f" (bad_records = {cfg.bad_records!r})" if bad else ""))
-            for rid, why in bad:
-                out(f"    bad record {rid}: {why}")
-            if bad and cfg.bad_records == "stop":
-                problems.append(f"{key}: {len(bad)} bad records and bad_records = 'stop'")
-            if key == "train_manifest":
-                n_train = len(ds_set)
-                if ds_set.lengths:
-                    seq_len = max(ds_set.lengths)
-                    out(f"    LLM positions per sample: mean {sum(ds_set.lengths) / len(ds_set.lengths):.0f}, "
-                        f"max {seq_len} (memory is planned for the max)")
-    except Exception as e:                      # noqa: BLE001
-        problems.append(f"data: {e}")
-    if n_train is not None:
-        from omni_ds.train.schedule import num_optimizer_steps, warmup_steps
-        try:
-            total, per_epoch = num_optimizer_steps(n_train, global_batch, cfg.num_train_epochs, cfg.max_steps)
-            out(f"  schedule: {n_train // global_batch} steps/epoch, {total} optimizer steps "
-                f"({'max_steps' if cfg.max_steps else f'{cfg.num_train_epochs:g} epochs'}), "
-                f"{warmup_steps(total, cfg.warmup_ratio)} warmup, {cfg.lr_scheduler_type}, peak lr "
-                f"{cfg.learning_rate:g} (projector {cfg.projector_lr():g})")
-        except ValueError as e:
-            problems.append(str(e))
+            if not Path(path).is_file():
+                problems.append(f"config key {key!r} = {path!r}: no such file")
+                continue
+            report = validate_manifest(load_manifest(path), vcfg, builder)
+            out(f"  {key}: {path}: {report.summary()}")
+            for b in report.bad:
+                out(f"    bad record {b.id} (index {b.index}): {b.reason}")
+            if report.bad and cfg.bad_records == "stop":
+                problems.append(f"{key}: {len(report.bad)} bad records and bad_records = 'stop'")
+            if key == "train_manifest" and len(report.good):
+                lengths = report.lengths[report.good]
+                seq_len = int(lengths.max())
+                out(f"    LLM positions per sample: mean {lengths.mean():.0f}, max {seq_len} "
+                    "(memory is planned for the max)")
+                sampler = DistributedBatchSampler(lengths, micro, world, 0, cfg.seed, mode=cfg.batching,
+                                                  grad_accum=gas, max_tokens=cfg.max_tokens_per_batch)
+                stream = StepStream(None, sampler, gas, None)
+                from omni_ds.train.schedule import warmup_steps
+                total = cfg.max_steps or stream.total_steps(cfg.num_train_epochs)
+                if total < 1:
+                    problems.append(f"{len(report.good)} usable samples make no optimizer step of "
+                                    f"global batch {global_batch}")
+                out(f"  schedule: {stream.steps_in_epoch(0)} steps/epoch, {total} optimizer steps "
+                    f"({'max_steps' if cfg.max_steps else f'{cfg.num_train_epochs:g} epochs'}), "
+                    f"{warmup_steps(total, cfg.warmup_ratio)} warmup, {cfg.lr_scheduler_type}, peak lr "
+                    f"{cfg.learning_rate:g} (projector {cfg.projector_lr():g})")
+    except Exception as e:                      # noqa: BLE001 - report, keep validating the rest
+        problems.append(f"data: {type(e).__name__}: {e}")
 
     # checkpoints
     try:

@@ -121,27 +121,12 @@ def build_model(cfg: TrainConfig, ds: dict):
     return model, tok
 
 
-def build_data(cfg: TrainConfig, tokenizer, encoder_mode: str, log):
-    from omni_ds.train.data import InstructionSet
-    train = InstructionSet(cfg.train_manifest, tokenizer, encoder_mode, cfg.model_max_length,
-                           cfg.max_speech_seconds, need_units=cfg.stage == 2)
-    bad = train.check()
-    for rid, why in bad:
-        log(f"bad record {rid}: {why}")
-    if bad:
-        if cfg.bad_records == "stop":
-            raise RuntimeError(f"{cfg.train_manifest}: {len(bad)} bad record(s) (listed above) and "
-                               "bad_records = \"stop\"")
-        log(f"skipping {len(bad)} bad record(s) of {len(train.manifest)} in {cfg.train_manifest}")
-    val = None
-    if cfg.val_manifest:
-        val = InstructionSet(cfg.val_manifest, tokenizer, encoder_mode, cfg.model_max_length,
-                             cfg.max_speech_seconds, need_units=cfg.stage == 2)
-        vbad = val.check()
-        if vbad:
-            log(f"skipping {len(vbad)} bad validation record(s): " + "; ".join(f"{r}: {w}" for r, w in vbad))
-        if cfg.eval_max_samples:
-            val.keep = val.keep[: cfg.eval_max_samples]
+def build_data(cfg: TrainConfig, tokenizer, encoder_mode: str, ds_rate: int, log):
+    from omni_ds.train.data import build_dataset
+    train = build_dataset(cfg.train_manifest, tokenizer, cfg, encoder_mode, ds_rate, log)
+    val = build_dataset(cfg.val_manifest, tokenizer, cfg, encoder_mode, ds_rate, log) if cfg.val_manifest else None
+    if val is not None and cfg.eval_max_samples:
+        val.indices = val.indices[: cfg.eval_max_samples]
     return train, val
 
 
@@ -202,11 +187,13 @@ def setup(cfg: TrainConfig, ds_path: str) -> Run:
     import torch.distributed as dist
 
     from omni_ds.train.checkpointing import CheckpointManager
-    from omni_ds.train.data import Collator, StepSampler, StepStream, shuffled_order
+    from omni_ds.data.collator import OmniCollator
+    from omni_ds.data.sampler import DistributedBatchSampler
+    from omni_ds.train.data import StepStream
     from omni_ds.train.flops import flops_model_for, guess_peak_tflops
     from omni_ds.train.loop import LoopState
     from omni_ds.train.param_groups import build_param_groups, count_params, for_optimizer
-    from omni_ds.train.schedule import make_scheduler_factory, num_optimizer_steps, warmup_steps
+    from omni_ds.train.schedule import make_scheduler_factory, warmup_steps
 
     deepspeed.init_distributed(timeout=timedelta(minutes=cfg.dist_timeout_minutes))
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -226,10 +213,15 @@ def setup(cfg: TrainConfig, ds_path: str) -> Run:
     # model, data, schedule
     model, tokenizer = build_model(cfg, ds)
     encoder_mode = model.omni_config.encoder_mode
-    train_set, val_set = build_data(cfg, tokenizer, encoder_mode, log)
-    collate = Collator(tokenizer.pad_token_id)
-    sampler = StepSampler(len(train_set), micro, gas, world, rank, shuffled_order(len(train_set), cfg.seed))
-    total_steps, _ = num_optimizer_steps(len(train_set), global_batch, cfg.num_train_epochs, cfg.max_steps)
+    train_set, val_set = build_data(cfg, tokenizer, encoder_mode, model.omni_config.speech_encoder_ds_rate, log)
+    collate = OmniCollator(tokenizer.pad_token_id)
+    sampler = DistributedBatchSampler(train_set.lengths, micro, world, rank, cfg.seed, mode=cfg.batching,
+                                      grad_accum=gas, max_tokens=cfg.max_tokens_per_batch)
+    stream = StepStream(train_set, sampler, gas, collate, cfg.num_workers)
+    if stream.steps_in_epoch(0) < 1:
+        raise ConfigError(f"{cfg.train_manifest}: {len(train_set)} usable samples make fewer than one "
+                          f"optimizer step of global batch {global_batch}")
+    total_steps = cfg.max_steps or stream.total_steps(cfg.num_train_epochs)
     n_warmup = warmup_steps(total_steps, cfg.warmup_ratio)
 
     # optimizer groups and engine (the optimizer from the DeepSpeed config when it has one,
@@ -255,7 +247,6 @@ def setup(cfg: TrainConfig, ds_path: str) -> Run:
     if removed:
         log(f"removed incomplete checkpoint(s) left by an interrupted save: {removed}")
     state = LoopState()
-    stream = StepStream(train_set, sampler, collate, cfg.num_workers)
     resume_from = ckpt.resolve(cfg.resume)
     if resume_from is not None:
         saved = ckpt.load(engine, resume_from)
@@ -266,17 +257,17 @@ def setup(cfg: TrainConfig, ds_path: str) -> Run:
         state.step, state.samples, state.tokens = saved["step"], saved["samples"], saved["tokens"]
         stream.epoch, stream.step_in_epoch = saved["data"]["epoch"], saved["data"]["step_in_epoch"]
         log(f"resumed from {resume_from} at step {state.step} (epoch {stream.epoch}, "
-            f"step {stream.step_in_epoch} of {sampler.steps_per_epoch})")
+            f"step {stream.step_in_epoch} of {stream.steps_in_epoch(stream.epoch)})")
 
     info = {"config": cfg.to_dict(), "ds_config": ds, "world_size": world, "micro_batch": micro,
             "gradient_accumulation_steps": gas, "global_batch": global_batch,
-            "train_samples": len(train_set), "skipped_records": len(train_set.bad),
-            "steps_per_epoch": sampler.steps_per_epoch, "total_steps": total_steps, "warmup_steps": n_warmup,
+            "train_samples": len(train_set), "skipped_records": train_set.n_skipped,
+            "steps_per_epoch": stream.steps_in_epoch(0), "total_steps": total_steps, "warmup_steps": n_warmup,
             "params": counts, "zero_stage": zero_stage(ds),
             "param_groups": {g["name"]: {"lr": g["lr"], "weight_decay": g["weight_decay"],
                                          "tensors": len(g["params"])} for g in groups}}
     log(f"world {world}, micro {micro} x GAS {gas} = global batch {global_batch}; "
-        f"{len(train_set)} samples, {sampler.steps_per_epoch} steps/epoch, {total_steps} steps, {n_warmup} warmup; "
+        f"{len(train_set)} samples, {stream.steps_in_epoch(0)} steps/epoch, {total_steps} steps, {n_warmup} warmup; "
         f"trainable {counts['trainable'] / 1e6:.2f} M of {counts['total'] / 1e6:.2f} M params; ZeRO-{zero_stage(ds)}")
     return Run(cfg, ds, rank, world, engine, model, tokenizer, train_set, val_set, collate, stream, total_steps,
                n_warmup, global_batch, groups, counts, flops_model, peak, ckpt, state, info)
