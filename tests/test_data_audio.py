@@ -6,7 +6,7 @@ import torch
 from transformers import WhisperFeatureExtractor
 
 from data_fixtures import REAL_CLIPS, write_tone
-from omni_ds.data.audio import load_audio, log_mel, mel_filterbank, num_frames, speech_positions
+from omni_ds.data.audio import load_audio, log_mel, log_mel_batch, mel_filterbank, num_frames, speech_positions
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +65,14 @@ def test_speech_positions():
     assert speech_positions(3000) == 300          # REFERENCE.md: every padded clip -> 300
     assert speech_positions(750) == 75            # 7.5 s trimmed -> ~75
     assert speech_positions(8) == 0 and speech_positions(9) == 1      # ceil(9 / 2) = 5 frames
+
+
+def test_shortcut_equals_full_30s_computation(tmp_path):
+    # log_mel skips the STFT of all-zero frames; log_mel_batch computes all 3000 of them.
+    waves = [load_audio(c) for c in REAL_CLIPS[:3]]
+    waves += [np.zeros(0, np.float32), np.full(1, 0.5, np.float32), load_audio(write_tone(tmp_path / "t.wav", 29.99))]
+    for w in waves:
+        fast, _ = log_mel(w)
+        full = log_mel_batch(torch.from_numpy(w)[None])[0]
+        assert fast.shape == full.shape == (128, 3000)
+        assert (fast - full).abs().max() < 1e-5

@@ -85,38 +85,57 @@ def log_mel(wave, n_mels: int = 128, mode: str = "padded") -> tuple[torch.Tensor
 
     padded: T = 3000 and real frames = 3000 (the model sees 30 s, as the official code does).
     trimmed: T = real frames = min(3000, ceil(len / 160)); the columns are exactly the first T
-    columns of the padded mel, because both are computed on the same 30 s padded signal (the
-    max-8 dynamic-range clamp is taken over that whole signal).
+    columns of the padded mel: both come from the same 30 s padded computation (the max-8
+    dynamic-range clamp is taken over that whole signal).
+
+    Shortcut, same result: frames whose 400-sample window lies wholly in the zero padding have
+    zero power, so only the frames that can touch audio go through the STFT; the rest take the
+    zero-power value. A 3 s clip costs about a tenth of a full 30 s spectrogram.
     """
     if mode not in MEL_MODES:
         raise ValueError(f"mel mode {mode!r}: allowed {MEL_MODES}")
     wave = torch.as_tensor(np.asarray(wave, dtype=np.float32)) if not torch.is_tensor(wave) else wave.float()
     if wave.dim() != 1:
         raise ValueError(f"log_mel expects a mono 1-D waveform, got shape {tuple(wave.shape)}")
-    mel = log_mel_batch(wave[None], n_mels=n_mels)[0]
+    n = min(wave.shape[0], N_SAMPLES)
+    # Centred frame t reads samples [160 t - 200, 160 t + 200): it sees audio iff 160 t - 200 < n.
+    live = min(N_FRAMES, -(-(n + N_FFT // 2) // HOP_LENGTH))
+    # Enough zeros after the audio that the right-edge reflect padding mirrors zeros only.
+    short = min(N_SAMPLES, (live + 3) * HOP_LENGTH + N_FFT)
+    log = _log_spec(pad_or_trim(wave[:n], short)[None], n_mels)[0, :live]      # [live, n_mels]
+    if live < N_FRAMES:
+        silent = _log_spec(torch.zeros(1, N_FFT), n_mels)[0, :1]                 # zero-power value
+        log = torch.cat([log, silent.expand(N_FRAMES - live, n_mels)])
+    mel = _normalise(log[None])[0].T.contiguous()
     if mode == "padded":
         return mel, N_FRAMES
     frames = num_frames(wave.shape[0])
     return mel[:, :frames].contiguous(), frames
 
 
-def log_mel_batch(waves: torch.Tensor, n_mels: int = 128) -> torch.Tensor:
-    """[B, samples] -> [B, n_mels, 3000]: each row padded/cut to 30 s, then Whisper's log-mel.
-
-    Batching pays on a GPU; on a CPU one clip at a time is faster (the batch's spectra leave the
-    cache), which is why the dataset calls `log_mel` per sample in its workers."""
-    x = pad_or_trim(waves.float(), N_SAMPLES)
+def _log_spec(x: torch.Tensor, n_mels: int) -> torch.Tensor:
+    """[B, samples] -> log10 mel power [B, frames, n_mels] (frames = samples // 160)."""
     window = torch.hann_window(N_FFT, dtype=x.dtype, device=x.device)   # periodic Hann
     spec = torch.stft(x, N_FFT, HOP_LENGTH, window=window, center=True, pad_mode="reflect",
                       return_complex=True)
-    spec = spec[..., :-1]                        # 3001 centred frames; Whisper drops the last
+    spec = spec[..., :-1]                        # centred frames; Whisper drops the last one
     # |z|^2 as re^2 + im^2 (no sqrt), frames-major so the filterbank product is one plain GEMM.
     power = torch.view_as_real(spec).square().sum(-1).transpose(1, 2).contiguous()
-    mel = power @ mel_filterbank(n_mels).to(x.device)            # [B, frames, n_mels]
-    log = torch.clamp_min_(mel, 1e-10).log10_()
-    peak = log.amax(dim=(1, 2), keepdim=True)    # per clip
-    log = torch.maximum(log, peak - 8.0).add_(4.0).div_(4.0)
-    return log.transpose(1, 2).contiguous()
+    mel = power @ mel_filterbank(n_mels).to(x.device)
+    return torch.clamp_min_(mel, 1e-10).log10_()
+
+
+def _normalise(log: torch.Tensor) -> torch.Tensor:
+    """Whisper's dynamic-range clamp (per clip: max - 8) and scaling (x + 4) / 4."""
+    peak = log.amax(dim=(1, 2), keepdim=True)
+    return torch.maximum(log, peak - 8.0).add_(4.0).div_(4.0)
+
+
+def log_mel_batch(waves: torch.Tensor, n_mels: int = 128) -> torch.Tensor:
+    """[B, samples] -> [B, n_mels, 3000]: each row padded/cut to 30 s, then Whisper's log-mel,
+    computed over the full 30 s (for GPUs; on a CPU `log_mel` per clip is much faster)."""
+    x = pad_or_trim(waves.float(), N_SAMPLES)
+    return _normalise(_log_spec(x, n_mels)).transpose(1, 2).contiguous()
 
 
 def speech_positions(n_frames: int, ds_rate: int = 5) -> int:
