@@ -102,11 +102,11 @@ def log_mel(wave, n_mels: int = 128, mode: str = "padded") -> tuple[torch.Tensor
     live = min(N_FRAMES, -(-(n + N_FFT // 2) // HOP_LENGTH))
     # Enough zeros after the audio that the right-edge reflect padding mirrors zeros only.
     short = min(N_SAMPLES, (live + 3) * HOP_LENGTH + N_FFT)
-    log = _log_spec(pad_or_trim(wave[:n], short)[None], n_mels)[0, :live]      # [live, n_mels]
+    log = _log_spec(pad_or_trim(wave[:n], short)[None], n_mels)[0, :, :live]   # [n_mels, live]
     if live < N_FRAMES:
-        silent = _log_spec(torch.zeros(1, N_FFT), n_mels)[0, :1]                 # zero-power value
-        log = torch.cat([log, silent.expand(N_FRAMES - live, n_mels)])
-    mel = _normalise(log[None])[0].T.contiguous()
+        silent = _log_spec(torch.zeros(1, N_FFT), n_mels)[0, :, :1]               # zero-power value
+        log = torch.cat([log, silent.expand(n_mels, N_FRAMES - live)], dim=1)
+    mel = _normalise(log[None])[0]
     if mode == "padded":
         return mel, N_FRAMES
     frames = num_frames(wave.shape[0])
@@ -114,14 +114,13 @@ def log_mel(wave, n_mels: int = 128, mode: str = "padded") -> tuple[torch.Tensor
 
 
 def _log_spec(x: torch.Tensor, n_mels: int) -> torch.Tensor:
-    """[B, samples] -> log10 mel power [B, frames, n_mels] (frames = samples // 160)."""
+    """[B, samples] -> log10 mel power [B, n_mels, frames] (frames = samples // 160)."""
     window = torch.hann_window(N_FFT, dtype=x.dtype, device=x.device)   # periodic Hann
     spec = torch.stft(x, N_FFT, HOP_LENGTH, window=window, center=True, pad_mode="reflect",
                       return_complex=True)
-    spec = spec[..., :-1]                        # centred frames; Whisper drops the last one
-    # |z|^2 as re^2 + im^2 (no sqrt), frames-major so the filterbank product is one plain GEMM.
-    power = torch.view_as_real(spec).square().sum(-1).transpose(1, 2).contiguous()
-    mel = power @ mel_filterbank(n_mels).to(x.device)
+    ri = torch.view_as_real(spec[..., :-1])      # centred frames; Whisper drops the last one
+    power = ri[..., 0].square() + ri[..., 1].square()        # |z|^2 without the sqrt of abs()
+    mel = mel_filterbank(n_mels).T.to(x.device) @ power
     return torch.clamp_min_(mel, 1e-10).log10_()
 
 
@@ -134,8 +133,7 @@ def _normalise(log: torch.Tensor) -> torch.Tensor:
 def log_mel_batch(waves: torch.Tensor, n_mels: int = 128) -> torch.Tensor:
     """[B, samples] -> [B, n_mels, 3000]: each row padded/cut to 30 s, then Whisper's log-mel,
     computed over the full 30 s (for GPUs; on a CPU `log_mel` per clip is much faster)."""
-    x = pad_or_trim(waves.float(), N_SAMPLES)
-    return _normalise(_log_spec(x, n_mels)).transpose(1, 2).contiguous()
+    return _normalise(_log_spec(pad_or_trim(waves.float(), N_SAMPLES), n_mels))
 
 
 def speech_positions(n_frames: int, ds_rate: int = 5) -> int:
