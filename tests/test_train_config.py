@@ -1,0 +1,216 @@
+"""Training config, DeepSpeed config filling, schedule, parameter-name rules, memory estimate and
+FLOPs model: single-process, no engine."""
+import json
+import math
+
+import pytest
+
+from omni_ds.train import memory as mem
+from omni_ds.train.config import ConfigError, TrainConfig, apply_overrides, build_config, load_config, parse_value
+from omni_ds.train.ds_config import fill_ds_config, read_ds_config
+from omni_ds.train.flops import FlopsModel, guess_peak_tflops, mfu
+from omni_ds.train.param_groups import module_of, no_weight_decay
+from omni_ds.train.schedule import lr_factor, num_optimizer_steps, warmup_steps
+
+BASE = {"whisper_path": "w", "llm_path": "l", "train_manifest": "t.jsonl"}
+
+
+def write(tmp_path, data, name="c.json"):
+    p = tmp_path / name
+    p.write_text(json.dumps(data))
+    return str(p)
+
+
+# ---- config ----------------------------------------------------------------------------------------
+def test_set_values_are_json_when_they_parse(tmp_path):
+    path = write(tmp_path, BASE)
+    cfg = load_config(path, ["learning_rate=1e-4", "max_steps=7", "report_to=[]", "output_dir=runs/a b",
+                             "speech_projector_lr=null", "freeze_backbone=true", "omni.encoder_mode=trimmed"])
+    assert cfg.learning_rate == 1e-4 and cfg.max_steps == 7 and cfg.report_to == []
+    assert cfg.output_dir == "runs/a b" and cfg.speech_projector_lr is None and cfg.freeze_backbone is True
+    assert cfg.omni == {"encoder_mode": "trimmed"}
+    assert parse_value("abc") == "abc" and parse_value("3") == 3 and parse_value('{"a": 1}') == {"a": 1}
+
+
+def test_unknown_keys_are_named(tmp_path):
+    path = write(tmp_path, {**BASE, "learning_rat": 1e-5})
+    with pytest.raises(ConfigError, match="learning_rat"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="warmup_ration"):
+        load_config(write(tmp_path, BASE, "ok.json"), ["warmup_ration=0.1"])
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("precision", "bf32", "'precision' = 'bf32'"),
+    ("warmup_ratio", 1.5, "'warmup_ratio' = 1.5"),
+    ("per_device_train_batch_size", 0, "'per_device_train_batch_size' = 0"),
+    ("learning_rate", "fast", "'learning_rate' = 'fast'"),
+    ("report_to", ["tensorboard", "mlflow"], "mlflow"),
+    ("stage", 3, "'stage' = 3"),
+])
+def test_validation_names_key_and_value(key, value, needle):
+    with pytest.raises(ConfigError) as e:
+        build_config({**BASE, key: value})
+    assert needle in str(e.value)
+
+
+def test_stage1_needs_parts_or_folder():
+    with pytest.raises(ConfigError, match="whisper_path"):
+        build_config({"train_manifest": "t", "llm_path": "l"})
+    assert build_config({"train_manifest": "t", "init_from": "f"}).init_from == "f"
+
+
+def test_global_batch_sets_accumulation_per_world_size():
+    cfg = build_config({**BASE, "per_device_train_batch_size": 4, "global_batch_size": 32})
+    assert cfg.batch_geometry(4) == (4, 2, 32)
+    assert cfg.batch_geometry(8) == (4, 1, 32)
+    assert cfg.batch_geometry(1) == (4, 8, 32)
+    with pytest.raises(ConfigError, match="global_batch_size"):
+        cfg.batch_geometry(3)
+    assert cfg.projector_lr() == cfg.learning_rate
+    assert build_config({**BASE, "speech_projector_lr": 1e-3}).projector_lr() == 1e-3
+
+
+def test_repository_configs_validate():
+    cfg = load_config("launch/configs/stage1.json")
+    assert (cfg.learning_rate, cfg.global_batch_size, cfg.num_train_epochs, cfg.warmup_ratio,
+            cfg.lr_scheduler_type) == (2e-5, 32, 3.0, 0.03, "cosine")
+    assert cfg.batch_geometry(4)[2] == 32
+
+
+# ---- DeepSpeed config ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["zero2", "zero3", "zero3_offload", "zero2_offload"])
+def test_ds_auto_filled_from_training_config(name):
+    cfg = build_config({**BASE, "per_device_train_batch_size": 2, "global_batch_size": 16,
+                        "max_grad_norm": 0.5, "precision": "bf16", "learning_rate": 3e-5})
+    ds = fill_ds_config(read_ds_config(f"ds_configs/{name}.json"), cfg, world_size=4, hidden_size=64)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (2, 2, 16)
+    assert ds["gradient_clipping"] == 0.5 and ds["bf16"]["enabled"] is True and ds["fp16"]["enabled"] is False
+    assert "auto" not in json.dumps(ds)
+    if "optimizer" in ds:
+        assert ds["optimizer"]["params"]["lr"] == 3e-5
+    if ds["zero_optimization"]["stage"] == 3:
+        assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+
+
+def test_ds_conflicts_and_scheduler_are_refused():
+    cfg = build_config({**BASE, "per_device_train_batch_size": 2})
+    with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu = 4"):
+        fill_ds_config({"train_micro_batch_size_per_gpu": 4}, cfg, 1)
+    with pytest.raises(ConfigError, match="scheduler"):
+        fill_ds_config({"scheduler": {"type": "WarmupLR"}}, cfg, 1)
+    with pytest.raises(ConfigError, match="zero_optimization.sub_group_size"):
+        fill_ds_config({"zero_optimization": {"stage": 3, "sub_group_size": "auto"}}, cfg, 1)
+
+
+# ---- schedule ---------------------------------------------------------------------------------------
+def test_warmup_from_real_step_count_then_cosine():
+    total, per_epoch = num_optimizer_steps(200_000, 32, 3)
+    assert (total, per_epoch) == (18750, 6250)
+    n = warmup_steps(total, 0.03)
+    assert n == 563
+    assert lr_factor(0, total, n) == pytest.approx(1 / n)
+    assert lr_factor(n - 1, total, n) == pytest.approx(1.0)
+    assert lr_factor(n, total, n) == pytest.approx(1.0)
+    mid = n + (total - n) // 2
+    assert lr_factor(mid, total, n) == pytest.approx(0.5, abs=1e-3)
+    assert lr_factor(total, total, n) == pytest.approx(0.0, abs=1e-9)
+    assert lr_factor(total, total, n, min_ratio=0.1) == pytest.approx(0.1)
+    assert num_optimizer_steps(100, 32, 3, max_steps=5)[0] == 5
+
+
+# ---- parameter-name rules ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name,nd", [
+    ("llm.model.layers.0.input_layernorm.weight", True),
+    ("llm.model.layers.3.post_attention_layernorm.weight", True),
+    ("llm.model.norm.weight", True),
+    ("llm.model.layers.0.self_attn.q_proj.weight", False),
+    ("llm.model.layers.0.self_attn.q_proj.bias", True),
+    ("llm.lm_head.weight", False),
+    ("llm.model.embed_tokens.weight", False),
+    ("speech_projector.linear1.weight", False),
+    ("speech_projector.linear1.bias", True),
+    ("speech_generator.layers.0.input_layernorm.weight", True),
+    ("speech_encoder.encoder.layers.0.self_attn_layer_norm.weight", True),
+    ("speech_encoder.encoder.layer_norm.bias", True),
+    ("speech_encoder.encoder.layers.0.fc1.weight", False),
+])
+def test_no_weight_decay_by_name(name, nd):
+    assert no_weight_decay(name) is nd
+
+
+def test_module_prefixes():
+    assert module_of("speech_projector.linear2.weight") == "projector"
+    assert module_of("llm.model.norm.weight") == "llm"
+    assert module_of("speech_generator.output_proj.bias") == "speech_generator"
+    assert module_of("speech_encoder.encoder.conv1.weight") == "speech_encoder"
+
+
+# ---- memory estimate ------------------------------------------------------------------------------------
+def test_classic_trap_8b_zero2_on_four_l40():
+    shape = mem.shape_for(mem.LLM_PRESETS["llama-3.1-8b"])
+    assert shape.llm_params == 8_030_261_248            # Llama-3.1-8B, exact
+    psi = shape.llm_params + shape.projector_params
+    plan = mem.estimate(shape, 1, zero_stage=2, world_size=4, micro_batch=4, seq_len=415,
+                        gradient_checkpointing=True)
+    states = next(v for k, v in plan.lines.items() if k.startswith("model states"))
+    assert states == pytest.approx(48.7, abs=0.05)
+    # the same number as DeepSpeed's own estimator
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+    _, gpu_bytes = estimate_zero2_model_states_mem_needs(psi, num_gpus_per_node=4, cpu_offload=False)
+    assert states == pytest.approx(gpu_bytes / 2 ** 30, rel=1e-6)
+    l40 = mem.GPU_MEMORY_GIB["L40"]
+    assert "DOES NOT FIT" in mem.verdict(plan, l40, "L40")
+    fits = mem.alternatives(shape, 1, 4, 4, 415, "bf16", l40)
+    kinds = {(p.zero_stage, p.offload_optimizer, p.offload_params) for p in fits}
+    assert (3, False, False) in kinds and (2, True, False) in kinds and (2, False, False) not in kinds
+    z3 = mem.estimate(shape, 1, 3, 4, 4, 415, True)
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    _, z3_bytes, _ = estimate_zero3_model_states_mem_needs(psi, shape.llm_largest_layer, num_gpus_per_node=4,
+                                                            cpu_offload=False)
+    z3_states = next(v for k, v in z3.lines.items() if k.startswith("model states"))
+    assert z3_states == pytest.approx(z3_bytes / 2 ** 30, rel=1e-6)
+
+
+def test_component_counts_match_reference():
+    assert mem.ctc_decoder_param_count(4096) == pytest.approx(425.6e6, rel=1e-3)
+    assert mem.whisper_encoder_param_count(**mem.WHISPER_LARGE_V3) == pytest.approx(0.637e9, rel=1e-2)
+    assert mem.projector_param_count(1280, 4096) == 6400 * 2048 + 2048 + 2048 * 4096 + 4096
+
+
+def test_estimate_memory_tool_exit_code():
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "tools/estimate_memory.py", "--gpus", "4", "--gpu", "L40", "--zero", "2"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "DOES NOT FIT" in r.stdout and "48.7" in r.stdout
+    r = subprocess.run([sys.executable, "tools/estimate_memory.py", "--gpus", "4", "--gpu", "L40", "--zero", "3"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "FITS" in r.stdout
+
+
+# ---- FLOPs model -----------------------------------------------------------------------------------------
+def test_flops_rules():
+    import torch
+    batch = {"speech_mel": torch.zeros(2, 128, 3000), "speech_frames": torch.tensor([3000, 3000]),
+             "attention_mask": torch.ones(2, 101, dtype=torch.long),
+             "labels": torch.full((2, 101), -100)}
+    fm = FlopsModel(encoder_params=637_000_000, projector_params=21_000_000, llm_params=8_000_000_000)
+    pos = fm.positions(batch)
+    assert pos["encoder_frames"] == 3000 and pos["speech_positions"] == 600 and pos["llm_positions"] == 2 * 400
+    model_flops, hw = fm.step_flops(pos)
+    expect = 2 * 637e6 * 3000 + 6 * 21e6 * 600 + 6 * 8e9 * 800
+    assert model_flops == pytest.approx(expect) and hw == pytest.approx(expect)
+    fm.recompute = True
+    assert fm.step_flops(pos)[1] == pytest.approx(expect + 2 * 8e9 * 800)
+    fm.llm_trainable = False          # freeze_backbone: the LLM still backpropagates to the projector
+    assert fm.step_flops(pos)[0] == pytest.approx(expect - 2 * 8e9 * 800)
+    s2 = FlopsModel(637e6, 21e6, 8e9, decoder_params=425.6e6, stage=2)
+    batch["labels"][:, -10:] = 1
+    p2 = s2.positions(batch)
+    assert p2["decoder_positions"] == 25 * 20
+    assert s2.step_flops(p2)[0] == pytest.approx(2 * 637e6 * 3000 + 2 * 21e6 * 600 + 2 * 8e9 * 800
+                                                 + 6 * 425.6e6 * 500)
+    assert guess_peak_tflops("NVIDIA L40S") == 362.0 and guess_peak_tflops("NVIDIA L40") == 181.0
+    assert guess_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0 and guess_peak_tflops("cpu") is None
+    assert mfu(181e12, 1.0, 1, 181.0) == pytest.approx(1.0) and mfu(1.0, 1.0, 1, None) is None
