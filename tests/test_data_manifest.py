@@ -83,3 +83,9 @@ def test_duplicate_ids_rejected(tmp_path):
 def test_missing_manifest(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         load_manifest(tmp_path / "nope.jsonl")
+
+
+def test_utf8_bom_tolerated(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_text("\ufeff" + json.dumps(flat("a.wav", response="Ünïcode ✓")) + "\n", encoding="utf-8")
+    assert load_manifest(path)[0]["response_text"] == "Ünïcode ✓"

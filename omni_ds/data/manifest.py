@@ -54,10 +54,10 @@ def cache_dir_for(path: Path) -> Path:
 
 def _iter_records(path: Path):
     """Yield (where, record) with `where` = 'file:line N' or 'file[index]' for messages."""
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, "r", encoding="utf-8-sig") as f:
         head = f.read(4096).lstrip()
     if head.startswith("["):
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, "r", encoding="utf-8-sig") as f:
             try:
                 data = json.load(f)
             except json.JSONDecodeError as e:
@@ -65,7 +65,7 @@ def _iter_records(path: Path):
         for i, rec in enumerate(data):
             yield f"{path}[{i}]", rec
         return
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, "r", encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
