@@ -147,7 +147,7 @@ def fit(engine, stream: StepStream, cfg, state: LoopState, total_steps: int, *, 
             observer.progress(state.step, loss, next(iter(lrs.values())), pos["samples"] / dt)
 
         # 5. checkpoint and evaluation
-        if cfg.save_steps and state.step % cfg.save_steps == 0 and state.step < total_steps:
+        if cfg.save_steps and state.step % cfg.save_steps == 0:
             crash = cfg.crash_at_step == state.step
             checkpoints.save(engine, state.step, checkpoint_state(state), crash_before_commit=crash)
             state.last_saved = state.step
