@@ -16,24 +16,33 @@ def _run(*args):
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=ROOT)
 
 
-def test_validate_data_exit_codes(tmp_path):
+def _validate_main():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import validate_data
+    finally:
+        sys.path.pop(0)
+    return validate_data.main
+
+
+def test_validate_data_exit_codes(tmp_path, capsys):
+    main = _validate_main()                       # in-process: one interpreter start saved per case
     a, = copy_real(tmp_path / "audio", 1)
     good = write_jsonl(tmp_path / "good.jsonl", [flat(f"audio/{a.name}")])
-    r = _run("tools/validate_data.py", good)
-    assert r.returncode == 0, r.stderr
-    assert "1 records, 1 good, 0 bad" in r.stdout and "BAD" not in r.stdout
+    assert main([str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "1 records, 1 good, 0 bad" in out and "BAD" not in out
     bad = write_jsonl(tmp_path / "bad.jsonl", [flat(f"audio/{a.name}"), dict(flat("audio/nope.wav"), id="x1"),
                                                dict(flat(f"audio/{a.name}", units=[5000]), id="x2")])
-    r = _run("tools/validate_data.py", bad, "--stage", "2")
-    assert r.returncode == 1
-    lines = r.stdout.splitlines()
+    assert main([str(bad), "--stage", "2"]) == 1
+    lines = capsys.readouterr().out.splitlines()
     assert any(l.startswith("BAD x1: missing file") for l in lines)
     assert any(l.startswith("BAD x2: units out of range") for l in lines)
     assert any(l.startswith("BAD bad.jsonl:0: units missing") for l in lines)
     assert "3 records, 0 good, 3 bad" in lines[-1]
     broken = tmp_path / "broken.jsonl"
     broken.write_text("{not json\n")
-    r = _run("tools/validate_data.py", broken)
+    r = _run("tools/validate_data.py", broken)      # the real command line, exit status included
     assert r.returncode == 2 and "line 1" in r.stderr
 
 
