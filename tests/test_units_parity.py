@@ -43,15 +43,20 @@ def one_thread():
 
 @pytest.fixture(scope="module", params=[False, True], ids=["raw-wave", "task-normalize"])
 def setup(request, tmp_path_factory):
-    from omni_ds.tiny.hubert import write_tiny_hubert, write_tiny_kmeans
+    from omni_ds.tiny.hubert import write_tiny_hubert
     normalize = request.param
     d = tmp_path_factory.mktemp("parity")
     ours = write_tiny_hubert(d / "omni.pt", seed=7, normalize=normalize)
-    ckpt = d / "fairseq.pt"
-    _oracle("save", ours, ckpt)                  # fairseq builds, loads and saves the model
     wavs = write_clips(d / "wav", with_generated=not normalize)
-    km = write_tiny_kmeans(ckpt, CLIPS, d / "km.bin", n_clusters=100, seed=3)
-    _oracle("units", ckpt, km, 11, d / "ref.json", *wavs)
+    ckpt, km = d / "fairseq.pt", d / "km.bin"
+    # In the oracle: fairseq builds the model from our config and weights and saves it with its
+    # Trainer; a k-means is fitted on its (fairseq) features of the real clips; reference units.
+    spec = {"src": str(ours), "ckpt": str(ckpt), "layer": 11, "out": str(d / "ref.json"),
+            "wavs": [str(w) for w in wavs],
+            "fit": {"wavs": [str(w) for w in wavs[:len(CLIPS)]], "k": 100, "seed": 3,
+                    "out": str(km)}}
+    (d / "job.json").write_text(json.dumps(spec))
+    _oracle("job", d / "job.json")
     ref = json.loads((d / "ref.json").read_text())["units"]
     return d, ckpt, km, wavs, dict(zip([w.stem for w in wavs], ref))
 

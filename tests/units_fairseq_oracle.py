@@ -6,6 +6,8 @@ parity test and the benchmark; never imported by omni_ds.
   units CKPT KM LAYER OUT WAV...
                        fairseq's gslm HubertFeatureReader (one file at a time, CPU, fp32)
                        + scikit-learn KMeans.predict; writes {"units": [[...]], "seconds": s}
+  job SPEC.json        save, then fit a k-means on the saved model's fairseq features
+                       ({"fit": {"wavs", "k", "seed", "out"}}), then units, in one process
 
 The checkpoints are made by the test itself, so full unpickling (weights_only=False) is fine here.
 """
@@ -67,10 +69,31 @@ def units(ckpt: str, km: str, layer: int, out: str, wavs: list[str]) -> None:
         json.dump({"units": result, "seconds": seconds}, f)
 
 
+def fit(ckpt: str, layer: int, wavs: list[str], k: int, seed: int, out: str) -> None:
+    import joblib
+    import numpy as np
+    from sklearn.cluster import KMeans
+    from fairseq.examples.textless_nlp.gslm.speech2unit.pretrained.hubert_feature_reader import (
+        HubertFeatureReader)
+    reader = HubertFeatureReader(ckpt, layer=layer, use_cuda=False)
+    feats = np.concatenate([reader.get_feats(w).numpy() for w in wavs])
+    joblib.dump(KMeans(n_clusters=k, n_init=4, random_state=seed).fit(feats), out)
+
+
+def job(spec_path: str) -> None:
+    spec = json.load(open(spec_path))
+    save(spec["src"], spec["ckpt"])
+    f = spec["fit"]
+    fit(spec["ckpt"], spec["layer"], f["wavs"], f["k"], f["seed"], f["out"])
+    units(spec["ckpt"], f["out"], spec["layer"], spec["out"], spec["wavs"])
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "save":
         save(sys.argv[2], sys.argv[3])
+    elif cmd == "job":
+        job(sys.argv[2])
     elif cmd == "units":
         units(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6:])
     else:

@@ -25,8 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-
+# torch and the model code are imported inside the functions: --help answers at once.
 from omni_ds.units import parts as P  # noqa: E402
 
 
@@ -76,6 +75,7 @@ def resolve_shard(args) -> tuple[int, int]:
 
 
 def resolve_device(args) -> str:
+    import torch
     if args.device:
         return args.device
     if torch.cuda.is_available():
@@ -106,6 +106,7 @@ def build_extractor(args, centers, device: str, batch_seconds: float):
 
 def pick_precision(ex, args, waves) -> None:
     """bf16/fp16 only when they give the fp32 units on these check utterances."""
+    import torch
     want = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
     if want is None or args.backend != "omni_ds":
         return
@@ -141,6 +142,7 @@ def extract_batch(ex, items, ids, paths) -> tuple[dict, list]:
 
 
 def run(args) -> int:
+    import torch
     from omni_ds.units.kmeans import load_centroids, save_centroids
     try:
         centers = load_centroids(args.kmeans)
