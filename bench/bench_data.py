@@ -93,6 +93,10 @@ def bench_padding(n: int) -> None:
         budget_s = DistributedBatchSampler(lengths, 8, mode="token_budget", max_tokens=8 * int(lengths.mean()))
         plan = budget_s.plan(0)
         budget = padding_efficiency(plan, lengths)
+        # LLaVA's own megabatch (world x batch x GA, no multiplier), e.g. 4 ranks x GA 4 = 128
+        llava = padding_efficiency(DistributedBatchSampler(lengths, 8, world_size=4, grad_accum=4,
+                                                           megabatch_mult=1, mode="length_grouped").plan(0), lengths)
+        print(f"    {mode:7s} mode, LLaVA-size megabatch (4 ranks x 8 x GA 4 = 128): {llava:.3f}")
         print(f"    {mode:7s} mode, mean {lengths.mean():6.1f} positions: random {rand:.3f}   "
               f"length-grouped {grouped:.3f}   token-budget({8 * int(lengths.mean())}) {budget:.3f} "
               f"(mean batch {np.mean([len(b) for b in plan]):.1f})")
