@@ -25,7 +25,10 @@ setup(
         "tensorboard>=2.15",
     ],
     extras_require={
-        "dev": ["pytest>=8", "scikit-learn>=1.3", "joblib>=1.3"],
+        "dev": ["pytest>=8", "scikit-learn>=1.3", "joblib>=1.3", "espeakng-loader==0.2.4"],
+        # The demo data: eSpeak NG (bundled in a wheel) speaks the generated clips; the tiny
+        # k-means is a scikit-learn model, as the released one is.
+        "demo": ["espeakng-loader==0.2.4", "scikit-learn>=1.3", "joblib>=1.3"],
         # Reading the released joblib/scikit-learn k-means (.bin); .npy centroids need neither.
         "units": ["scikit-learn>=1.3", "joblib>=1.3"],
         # The reference fairseq path; fairseq 0.12.2 does not import on Python >= 3.11.
