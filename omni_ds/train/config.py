@@ -54,6 +54,8 @@ class TrainConfig:
     max_tokens_per_batch: Optional[int] = None
     """token_budget batching: micro-batch size x longest LLM length stays within this."""
     num_workers: int = 0
+    cache_in_memory: bool = False
+    """Keep loaded samples (log-mel, ids) in RAM after the first epoch: small data sets only."""
 
     # ---- batch and schedule --------------------------------------------------------------
     per_device_train_batch_size: int = 1

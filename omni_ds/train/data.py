@@ -67,6 +67,29 @@ class StepStream:
         return {"epoch": epoch, "step_in_epoch": step, "offset_batches": step * self.gas}
 
 
+class InMemory(torch.utils.data.Dataset):
+    """Keeps every loaded item (ids, labels, log-mel) in RAM after its first load: for small sets
+    (the demo, tests) where feature extraction would dominate the step. Per process (each
+    DataLoader worker holds its own copy)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.cache: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        if i not in self.cache:
+            self.cache[i] = self.dataset[i]
+        return self.cache[i]
+
+    def __getattr__(self, name):
+        if name in ("dataset", "cache"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
 def build_dataset(path: str, tokenizer, cfg, encoder_mode: str, ds_rate: int = 5, log=print):
     """Validated OmniSpeechDataset of a manifest; bad records reported by id and reason, then
     skipped (bad_records = "skip") or fatal ("stop")."""

@@ -50,6 +50,7 @@ def demo_stage1_config(demo_dir: str | Path, **overrides) -> dict:
         "logging_steps": 5,
         "report_to": ["tensorboard"],
         "seed": 0,
+        "cache_in_memory": True,
     }
     cfg.update(overrides)
     return cfg

@@ -127,6 +127,9 @@ def build_data(cfg: TrainConfig, tokenizer, encoder_mode: str, ds_rate: int, log
     val = build_dataset(cfg.val_manifest, tokenizer, cfg, encoder_mode, ds_rate, log) if cfg.val_manifest else None
     if val is not None and cfg.eval_max_samples:
         val.indices = val.indices[: cfg.eval_max_samples]
+    if cfg.cache_in_memory:
+        from omni_ds.train.data import InMemory
+        train, val = InMemory(train), (InMemory(val) if val is not None else None)
     return train, val
 
 
