@@ -72,12 +72,14 @@ def conv_output_lengths(lengths: torch.Tensor, conv_layers) -> list[torch.Tensor
 def _masked_group_norm(x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
     """GroupNorm with one channel per group (conv layer 0) over each row's valid frames only:
     unbatched fairseq normalizes over the utterance, so padding must not enter the statistics."""
-    mask = (torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None])[:, None, :]
-    n = lengths.to(x.dtype)[:, None, None]
-    mean = (x * mask).sum(-1, keepdim=True) / n
-    var = (((x - mean) * mask) ** 2).sum(-1, keepdim=True) / n
-    y = (x - mean) * torch.rsqrt(var + norm.eps)
-    return y * norm.weight[None, :, None] + norm.bias[None, :, None]
+    x = x.float()                        # fairseq's Fp32GroupNorm: statistics in fp32
+    stats = [torch.var_mean(x[b, :, :int(n)], dim=-1, unbiased=False)
+             for b, n in enumerate(lengths.tolist())]
+    var = torch.stack([v for v, _ in stats])[:, :, None]
+    mean = torch.stack([m for _, m in stats])[:, :, None]
+    scale = torch.rsqrt(var + norm.eps) * norm.weight[None, :, None]
+    # One fused pass over the big [B, C, T] tensor: x * scale + (bias - mean * scale).
+    return torch.addcmul(norm.bias[None, :, None] - mean * scale, x, scale)
 
 
 class HubertFeatureModel(nn.Module):
