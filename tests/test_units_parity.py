@@ -52,19 +52,30 @@ def setup(request, tmp_path_factory):
     # In the oracle: fairseq builds the model from our config and weights and saves it with its
     # Trainer; a k-means is fitted on its (fairseq) features of the real clips; reference units.
     spec = {"src": str(ours), "ckpt": str(ckpt), "layer": 11, "out": str(d / "ref.json"),
-            "wavs": [str(w) for w in wavs],
+            "wavs": [str(w) for w in wavs], "backend_out": str(d / "backend.json"),
             "fit": {"wavs": [str(w) for w in wavs[:len(CLIPS)]], "k": 100, "seed": 3,
                     "out": str(km)}}
     (d / "job.json").write_text(json.dumps(spec))
     _oracle("job", d / "job.json")
     ref = json.loads((d / "ref.json").read_text())["units"]
-    return d, ckpt, km, wavs, dict(zip([w.stem for w in wavs], ref))
+    backend = json.loads((d / "backend.json").read_text())["units"]
+    return d, ckpt, km, wavs, dict(zip([w.stem for w in wavs], ref)), backend
+
+
+def test_fairseq_backend_matches_reference(setup):
+    """omni_ds's --backend fairseq (run in the oracle venv) = the reference pipeline."""
+    d, ckpt, km, wavs, ref, backend = setup
+    frames = sum(len(r) for r in ref.values())
+    same = sum(a == b for r, o in zip(ref.values(), backend) for a, b in zip(r, o))
+    assert [len(o) for o in backend] == [len(r) for r in ref.values()]
+    print(f"--backend fairseq: {same}/{frames} frames = {100 * same / frames:.4f} %")
+    assert same >= 0.999 * frames
 
 
 @pytest.mark.parametrize("batch_seconds", [80.0, 0.001], ids=["batched", "unbatched"])
 def test_units_match_fairseq_reference(setup, batch_seconds):
     import extract_units
-    d, ckpt, km, wavs, ref = setup
+    d, ckpt, km, wavs, ref, _ = setup
     manifest = write_manifest(d / "m.jsonl", wavs)
     out = d / f"out_{batch_seconds}.jsonl"
     rc = extract_units.main(["--manifest", str(manifest), "--hubert", str(ckpt), "--kmeans",

@@ -86,6 +86,19 @@ def job(spec_path: str) -> None:
     f = spec["fit"]
     fit(spec["ckpt"], spec["layer"], f["wavs"], f["k"], f["seed"], f["out"])
     units(spec["ckpt"], f["out"], spec["layer"], spec["out"], spec["wavs"])
+    if spec.get("backend_out"):       # omni_ds's --backend fairseq on the same files
+        backend(spec["ckpt"], f["out"], spec["layer"], spec["backend_out"], spec["wavs"])
+
+
+def backend(ckpt: str, km: str, layer: int, out: str, wavs: list[str]) -> None:
+    import joblib
+    import soundfile as sf
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from omni_ds.units.fairseq_backend import FairseqUnitExtractor
+    ex = FairseqUnitExtractor(ckpt, joblib.load(km).cluster_centers_, layer, dedup=False)
+    result = [ex.units([sf.read(w, dtype="float32")[0]])[0] for w in wavs]
+    with open(out, "w") as f:
+        json.dump({"units": result}, f)
 
 
 if __name__ == "__main__":

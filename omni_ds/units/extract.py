@@ -3,13 +3,16 @@ batch: the model masks padding (see hubert.py), so batching only changes speed."
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from omni_ds.units.hubert import HubertFeatureModel
 from omni_ds.units.kmeans import NearestCentroid
+
+if TYPE_CHECKING:      # not imported at run time: the fairseq backend needs no transformers
+    from omni_ds.units.hubert import HubertFeatureModel
 
 # fairseq's feature readers cut the waveform into independent 100 s pieces (max_chunk 1.6 M
 # samples) and concatenate their features; reproduced so that long files get the same units.
@@ -25,7 +28,7 @@ class FeatureExtractor:
     """Runs a HubertFeatureModel over many utterances in padded batches of at most
     `batch_seconds` of audio (padding counted), chunked like the reference."""
 
-    def __init__(self, model: HubertFeatureModel, device: str | torch.device = "cpu",
+    def __init__(self, model: "HubertFeatureModel", device: str | torch.device = "cpu",
                  batch_seconds: float = 80.0, dtype: torch.dtype = torch.float32):
         self.model = model.to(device).eval()
         self.device = torch.device(device)
