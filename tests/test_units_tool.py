@@ -96,6 +96,16 @@ def test_shards_merge_to_the_same_output(env, reference, tmp_path):
     assert out.read_bytes() == reference[1].read_bytes()
 
 
+def test_rank_and_world_size_pick_the_shard(env, reference, tmp_path, monkeypatch):
+    import extract_units
+    out = tmp_path / "out.jsonl"
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    extract_units.main(_args(env, out, "--part-size", "4"))
+    written = sorted(p.name for p in (tmp_path / "out.jsonl.parts").glob("part-*.jsonl"))
+    assert written == ["part-000001.jsonl", "part-000004.jsonl", "part-000007.jsonl"]
+
+
 def test_no_dedup_and_npy_centroids(env, reference, tmp_path):
     import extract_units
     npy = tmp_path / "km.npy"
@@ -118,6 +128,7 @@ def test_kill_and_resume_equals_uninterrupted_run(env, reference, tmp_path):
     out = tmp_path / "out.jsonl"
     parts = tmp_path / "out.jsonl.parts"
     cmd = [sys.executable, str(TOOL), *_args(env, out, "--part-size", "1")]
+    cmd[cmd.index("--workers") + 1] = "1"          # a real loader worker process in the killed run
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
@@ -129,6 +140,7 @@ def test_kill_and_resume_equals_uninterrupted_run(env, reference, tmp_path):
     assert 0 < done < 33, f"kill did not land mid-run ({done} parts written)"
     assert not out.exists()
     import extract_units                      # the rerun (in process: same code, faster start)
+    cmd[cmd.index("--workers") + 1] = "0"
     assert extract_units.main(cmd[2:]) == 1
     assert out.read_bytes() == reference[1].read_bytes()
     assert len(list(parts.glob("part-*.jsonl"))) == 33

@@ -128,11 +128,9 @@ class HubertFeatureModel(nn.Module):
         x = x * valid[..., None].to(x.dtype)
         x = x + hf.encoder.pos_conv_embed(x)
         x = hf.encoder.layer_norm(x)
-        mask = None
-        if not bool(valid.all()):
-            # Additive key mask; every query keeps its own valid keys, so no row is all -inf.
-            mask = torch.zeros(valid.shape, dtype=x.dtype, device=x.device)
-            mask = mask.masked_fill(~valid, torch.finfo(x.dtype).min)[:, None, None, :]
+        # Boolean key mask (True = attend; dtype-independent, so autocast on GPU is fine);
+        # every query keeps its own row's valid keys, so no softmax row is empty.
+        mask = None if bool(valid.all()) else valid[:, None, None, :]
         for block in hf.encoder.layers:
             x = block(x, attention_mask=mask)[0]
         return x, frames
