@@ -147,9 +147,9 @@ def write_ct2_model(path: str | Path, spec_name: str, variables: dict[str, np.nd
     parts = [struct.pack("<I", binary_version), s(spec_name), struct.pack("<I", spec_revision),
              struct.pack("<I", len(variables))]
     for name in sorted(variables):
-        arr = np.ascontiguousarray(variables[name])
+        arr = np.asarray(variables[name])        # keeps rank 0 (ascontiguousarray would not)
         dt = _dtype_id(arr)
-        le = arr.astype(DTYPES[dt], copy=False)
+        le = arr.astype(DTYPES[dt])
         parts += [s(name), struct.pack("<B", arr.ndim), b"".join(struct.pack("<I", d) for d in arr.shape),
                   struct.pack("<B", dt), struct.pack("<I", le.nbytes), le.tobytes()]
     aliases = aliases or {}
