@@ -160,17 +160,19 @@ def run(args) -> int:
 
     shard, n_shards = resolve_shard(args)
     device = resolve_device(args)
-    if device == "cpu" and n_shards > 1 and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", n_shards))))
+    # CPU threads: torch's default, or OMP_NUM_THREADS (torchrun sets it to 1 per process).
     batch_seconds = args.batch_seconds or (16.0 if device == "cpu" else 200.0)
     out = Path(args.out)
-    manifest = load_manifest(args.manifest)
-    n = len(manifest)
     root = P.parts_dir(out)
-    P.check_plan(root, {"manifest": manifest.fingerprint, "records": n, "part_size": args.part_size,
-                        "layer": args.layer, "dedup": not args.no_dedup, "backend": args.backend,
-                        "hubert_sha256": sha256(args.hubert), "kmeans_sha256": sha256(args.kmeans)})
     try:
+        manifest = load_manifest(args.manifest)
+        n = len(manifest)
+        # The plan pins what the parts depend on; resuming with other inputs is refused.
+        P.check_plan(root, {"manifest": manifest.fingerprint, "records": n,
+                            "part_size": args.part_size, "layer": args.layer,
+                            "dedup": not args.no_dedup, "backend": args.backend,
+                            "hubert_sha256": sha256(args.hubert),
+                            "kmeans_sha256": sha256(args.kmeans)})
         ex = build_extractor(args, centers, device, batch_seconds)
     except Exception as err:
         print(f"error: {err}", file=sys.stderr)

@@ -55,7 +55,7 @@ def check_plan(root: Path, plan: dict) -> None:
     old = json.loads(path.read_text())
     diff = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
     if diff:
-        raise SystemExit(f"{root} holds parts of a different job (differs in {diff}); "
+        raise ValueError(f"{root} holds parts of a different job (differs in {diff}); "
                          "delete it or choose another --out")
 
 
