@@ -154,7 +154,7 @@ def stage1_config(out: Path, config_fields: set[str]) -> tuple[dict, list[str]]:
     out = out.resolve()
     cfg = {
         "_comment": "real-small stage 1: Whisper tiny.en (80 mels, trimmed) + SmolLM2-135M-Instruct on "
-                    "56 spoken questions; deepspeed --num_gpus 1 launch/stage1.py --config DIR/stage1.json "
+                    "56 spoken questions (6 epochs); deepspeed --num_gpus 1 launch/stage1.py --config DIR/stage1.json "
                     "--ds ds_configs/zero2.json",
         "stage": 1,
         "whisper_path": str(out / "models" / "whisper"),
@@ -166,7 +166,7 @@ def stage1_config(out: Path, config_fields: set[str]) -> tuple[dict, list[str]]:
         "output_dir": str(out / "out"),
         "per_device_train_batch_size": 8,
         "global_batch_size": 8,
-        "max_steps": 28,
+        "max_steps": 42,
         "learning_rate": 1e-4,
         "speech_projector_lr": 1e-3,
         "lr_scheduler_type": "cosine",
@@ -202,6 +202,18 @@ def train_config_fields() -> set[str]:
 
 
 def prepare(out: Path, log: Callable = print, install: bool = True) -> dict:
+    """All phases; transformers' advisory log lines (GGUF legacy tokenizer, Whisper generation
+    defaults) are silenced while they run: the checks print what matters."""
+    from transformers.utils import logging as hf_logging
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return _prepare(out, log, install)
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _prepare(out: Path, log: Callable, install: bool) -> dict:
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     timings, summary = {}, {"out": str(out)}
