@@ -114,7 +114,9 @@ def main(argv=None) -> int:
     t = time.time()
     model, tok = load_model(cfg, args.model)
     load_seconds = time.time() - t
-    res = evaluate(model, tok, manifest, args.answers, args.max_new_tokens)
+    # The prompt format stage 1 trained with (the config's template key when it has one).
+    template = getattr(cfg, "prompt_template", None) or "tokenizer"
+    res = evaluate(model, tok, manifest, args.answers, args.max_new_tokens, template=template)
     res.update(model=args.model, load_seconds=load_seconds)
     label = args.label or f"model {args.model}"
     print(f"== {label}: validation loss {res['loss']:.4f} over {res['targets']} answer tokens "
