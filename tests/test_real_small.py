@@ -329,3 +329,17 @@ def test_question_set_and_stage1_config(tmp_path):
     assert cfg2["prompt_template"] == "tokenizer" and not any("prompt-template" in m for m in missing2)
     assert word_errors("What is the capital of Japan?", "what is the capital of japan") == 0
     assert word_errors("two plus three", "two plus four") == 1
+
+
+def test_80_mel_front_end_matches_whisper_tiny_extractor():
+    """Whisper tiny.en takes 80 mel bins: the data pipeline's log-mel at n_mels=80 must equal
+    transformers' WhisperFeatureExtractor(feature_size=80) (the 128-bin case is tested elsewhere)."""
+    from transformers import WhisperFeatureExtractor
+    from omni_ds.data.audio import log_mel
+    t = np.arange(16000 * 2) / 16000
+    wave = (0.3 * np.sin(2 * np.pi * 220 * t) * np.sin(2 * np.pi * 1.5 * t)).astype(np.float32)
+    wave += np.random.default_rng(0).normal(0, 0.01, wave.shape).astype(np.float32)
+    ref = WhisperFeatureExtractor(feature_size=80)(wave, sampling_rate=16000, return_tensors="np").input_features[0]
+    mel, frames = log_mel(wave, n_mels=80, mode="padded")
+    assert mel.shape == (80, 3000) and frames == 3000
+    assert np.abs(mel.numpy() - ref).max() < 1e-4
