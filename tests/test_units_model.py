@@ -142,3 +142,14 @@ def test_kmeans_bin_and_npy_agree(tiny, waves, tmp_path):
     with pytest.raises(ValueError, match="finite"):
         np.save(tmp_path / "bad.npy", np.array([np.nan, 1.0]))
         load_centroids(tmp_path / "bad.npy")
+
+
+def test_tiny_writers_are_deterministic(tiny, tmp_path):
+    import joblib
+    d, ckpt, km = tiny
+    again = write_tiny_hubert(tmp_path / "tiny.pt", seed=1)    # same name: torch.save puts it
+    assert again.read_bytes() == ckpt.read_bytes()              # inside the archive
+    km2 = write_tiny_kmeans(again, CLIPS[:4], tmp_path / "km.bin", n_clusters=40, seed=0)
+    assert np.array_equal(joblib.load(km2).cluster_centers_, joblib.load(km).cluster_centers_)
+    other = write_tiny_hubert(tmp_path / "other" / "tiny.pt", seed=2)
+    assert other.read_bytes() != ckpt.read_bytes()
