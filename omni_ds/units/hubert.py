@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import HubertConfig, HubertModel
 
@@ -69,16 +70,19 @@ def conv_output_lengths(lengths: torch.Tensor, conv_layers) -> list[torch.Tensor
 
 
 def _masked_group_norm(x: torch.Tensor, lengths: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
-    """GroupNorm with one channel per group (conv layer 0) over each row's valid frames only:
-    unbatched fairseq normalizes over the utterance, so padding must not enter the statistics."""
-    x = x.float()                        # fairseq's Fp32GroupNorm: statistics in fp32
-    stats = [torch.var_mean(x[b, :, :int(n)], dim=-1, unbiased=False)
-             for b, n in enumerate(lengths.tolist())]
-    var = torch.stack([v for v, _ in stats])[:, :, None]
-    mean = torch.stack([m for _, m in stats])[:, :, None]
-    scale = torch.rsqrt(var + norm.eps) * norm.weight[None, :, None]
-    # One fused pass over the big [B, C, T] tensor: x * scale + (bias - mean * scale).
-    return torch.addcmul(norm.bias[None, :, None] - mean * scale, x, scale)
+    """GroupNorm (conv layer 0) of each row over its valid frames only: unbatched fairseq
+    normalizes over the utterance, so padding must not enter the statistics. Each row's valid
+    slice goes through the same F.group_norm as fairseq's Fp32GroupNorm (fp32); padded frames
+    are set to 0 (they only ever feed padded output frames)."""
+    x = x.float()
+    lens = lengths.tolist()
+    if all(n == x.shape[-1] for n in lens):
+        return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+    out = torch.zeros_like(x)
+    for b, n in enumerate(lens):
+        out[b:b + 1, :, :n] = F.group_norm(x[b:b + 1, :, :n], norm.num_groups, norm.weight,
+                                           norm.bias, norm.eps)
+    return out
 
 
 class HubertFeatureModel(nn.Module):
@@ -124,7 +128,7 @@ class HubertFeatureModel(nn.Module):
         x = hf.feature_projection(x.transpose(1, 2))
         valid = torch.arange(x.shape[1], device=x.device)[None, :] < frames[:, None]
         # Zero padded frames: the positional conv must see what unbatched input sees (zeros).
-        x = x * valid[..., None].to(x.dtype)
+        x = x.masked_fill(~valid[..., None], 0.0)
         x = x + hf.encoder.pos_conv_embed(x)
         x = hf.encoder.layer_norm(x)
         # Boolean key mask (True = attend; dtype-independent, so autocast on GPU is fine);
