@@ -8,7 +8,10 @@ architecture (random weights, 768 wide, 12 layers). Prints audio-seconds per wal
   python bench/bench_units.py [--threads N] [--repeat-audio R] [--batch-seconds S]
 
 Both sides time reading + resampling-free decoding + features + units for every file, model
-loading excluded. Needs tools/install_fairseq_oracle.sh (or OMNI_DS_FAIRSEQ_PYTHON) for the
+loading excluded. On CPU in fp32 both sides do the same FLOPs with the same oneDNN/MKL kernels
+(GEMMs and convolutions are >85 % of the time), so expect a ratio near 1: batching removes
+per-call overhead, which matters on a GPU, not here. The machine is shared: the load average is
+printed, and figures move by +-20 % between runs. Needs tools/install_fairseq_oracle.sh (or OMNI_DS_FAIRSEQ_PYTHON) for the
 reference figures; without it only omni_ds's figures are printed.
 """
 from __future__ import annotations
