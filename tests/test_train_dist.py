@@ -4,11 +4,12 @@ launch/stage1.py. The runs are shared by the tests of this module (each is a lau
     one       1 rank,  ZeRO-2, micro 1 x GAS 2          6 steps
     two_node  2 "nodes" x 1 rank (two launcher processes, hostfile, --no_ssh, node ranks 0/1),
               ZeRO-2, micro 1 x GAS 1                  6 steps, checkpoints every 2, sample trace
-    z3        2 ranks, ZeRO-3                           6 steps, saved at the end only
+    z3        2 ranks, ZeRO-3, gradient checkpointing   6 steps, saved at the end only
     crash     2 ranks, ZeRO-2, dies (SIGKILL) in the middle of saving step 4
     resume    the same output_dir again: auto-resumes from step 2, runs to 6
 
-Global batch 2 everywhere, fp32, the same seed and data (10 real clips, 5 steps per epoch).
+Global batch 2 everywhere, fp32, the same seed and data (10 real clips, 5 steps per epoch),
+validation on 2 clips at the end of each run.
 """
 import json
 import os
@@ -68,7 +69,7 @@ def runs(tmp_path_factory):
     data = write_tiny_setup(root / "data", n_clips=10, val_clips=2)
     cfg = demo_stage1_config(data, per_device_train_batch_size=1, global_batch_size=2, max_steps=6,
                              save_steps=2, save_total_limit=3, logging_steps=1, trace_samples=True,
-                             val_manifest=None, report_to=["tensorboard"])
+                             report_to=["tensorboard"])
     cfg_path = root / "stage1.json"
     cfg_path.write_text(json.dumps(cfg))
     out = {k: root / k for k in ("one", "two_node", "z3", "crash")}
@@ -89,7 +90,8 @@ def runs(tmp_path_factory):
     r["two_node_logs"] = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
     r["two_node_rc"] = [p.returncode for p in procs]
 
-    _check(launch(cfg_path, out["z3"], "zero3", 2, "--set", "save_steps=0"), "2-rank ZeRO-3 run")
+    _check(launch(cfg_path, out["z3"], "zero3", 2, "--set", "save_steps=0", "--set", "gradient_checkpointing=true"),
+           "2-rank ZeRO-3 run")
 
     crash = launch(cfg_path, out["crash"], "zero2", 2, "--set", "crash_at_step=4")
     ck = out["crash"] / "checkpoints"
@@ -117,6 +119,12 @@ def test_two_ranks_reproduce_one_rank_zero2_and_zero3(runs):
     s3 = json.loads((runs["out"]["z3"] / "summary.json").read_text())
     assert (s1["world_size"], s1["gradient_accumulation_steps"]) == (1, 2)
     assert (s3["world_size"], s3["gradient_accumulation_steps"], s3["zero_stage"]) == (2, 1, 3)
+    # validation at the end, sharded over ranks, reduced to the same number
+    s2 = json.loads((runs["out"]["two_node"] / "summary.json").read_text())
+    ev = [s["evals"][-1] for s in (s1, s2, s3)]
+    assert all(e["step"] == 6 and e["targets"] > 0 for e in ev)
+    assert ev[1]["loss"] == pytest.approx(ev[0]["loss"], rel=1e-4) and ev[2]["loss"] == pytest.approx(ev[0]["loss"], rel=1e-4)
+    assert ev[0]["loss"] < one[0]
 
 
 def test_two_node_hostfile_launch_trains_and_checkpoints(runs):

@@ -285,7 +285,7 @@ def run(cfg: TrainConfig, ds_path: str) -> dict:
     r = setup(cfg, ds_path)
     state = r.state
     observer = Observer(cfg, r.rank, r.total_steps, state.step, r.info)
-    trace = make_trace(cfg, r.rank) if cfg.trace_samples else None
+    trace = SampleTrace(cfg, r.rank) if cfg.trace_samples else None
     evaluate = make_evaluator(r.engine, r.val_set, r.collate, cfg, r.rank, r.world)
 
     status, error = "completed", None
@@ -348,7 +348,7 @@ def save_final(engine, model, tokenizer, cfg, ds, rank: int, metadata: dict) -> 
     return out
 
 
-class make_trace:
+class SampleTrace:
     """Per-rank JSONL of (step, epoch, loss, sample indices) — the resume audit trail."""
 
     def __init__(self, cfg, rank: int):
