@@ -1,6 +1,6 @@
 """Step time of the omni_ds training loop vs a bare PyTorch loop, and the MFU estimate.
 
-    python bench/bench_loop.py [--steps 40] [--ds ds_configs/zero2.json] [--micro 2] [--gas 2]
+    python bench/bench_loop.py [--steps 40] [--ds ds_configs/zero0.json] [--micro 2] [--gas 2]
 
 Both loops train the same tiny model (omni_ds.tiny factories) on the same batches (the 10 real
 clips, in-memory features), fp32, 1 process:
@@ -46,10 +46,14 @@ def gemm_tflops(n: int = 1024, reps: int = 10) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=40, help="measured steps per loop")
-    ap.add_argument("--block", type=int, default=5, help="steps per alternation block")
-    ap.add_argument("--ds", default="ds_configs/zero2.json")
+    ap.add_argument("--block", type=int, default=10, help="steps per alternation block")
+    ap.add_argument("--ds", default="ds_configs/zero0.json",
+                    help="zero0 (default): one process has nothing to partition; zero2 adds ZeRO's "
+                         "per-parameter gradient hooks, a fixed per-tensor cost that dominates a tiny model")
     ap.add_argument("--micro", type=int, default=2)
     ap.add_argument("--gas", type=int, default=2)
+    ap.add_argument("--logging-steps", type=int, default=10,
+                    help="metrics.jsonl/TensorBoard rows every N steps (launch/configs/stage1.json: 10)")
     args = ap.parse_args(argv)
 
     import torch
@@ -67,7 +71,7 @@ def main(argv=None) -> int:
     total = 10_000
     raw = demo_stage1_config(data, output_dir=str(tmp / "out"), per_device_train_batch_size=args.micro,
                              global_batch_size=args.micro * args.gas, max_steps=total, save_steps=0,
-                             logging_steps=1, val_manifest=None, cache_in_memory=True)
+                             logging_steps=args.logging_steps, val_manifest=None, cache_in_memory=True)
     raw.pop("_comment")
     cfg = build_config(raw)
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
@@ -78,14 +82,12 @@ def main(argv=None) -> int:
     observer = Observer(cfg, 0, total, 0, {})
 
     def omni_block(n: int) -> list[float]:
-        times = []
-        for _ in range(n):
-            before = run.state.train_seconds
-            fit(run.engine, run.stream, cfg, run.state, run.state.step + 1, observer=observer,
-                checkpoints=run.ckpt, checkpoint_state=run.checkpoint_state, flops_model=run.flops_model,
-                peak_tflops=None)
-            times.append(run.state.train_seconds - before)
-        return times
+        # one fit() call per block, as in training; the loop times each step itself (train_seconds)
+        before = run.state.train_seconds
+        fit(run.engine, run.stream, cfg, run.state, run.state.step + n, observer=observer,
+            checkpoints=run.ckpt, checkpoint_state=run.checkpoint_state, flops_model=run.flops_model,
+            peak_tflops=None)
+        return [(run.state.train_seconds - before) / n] * n
 
     # --- bare PyTorch loop: same model, same batches, same precision --------------------------------
     from omni_ds.data.collator import OmniCollator
@@ -101,9 +103,8 @@ def main(argv=None) -> int:
     stream = StepStream(run.train_set, sampler, args.gas, OmniCollator(tok.pad_token_id))
 
     def bare_block(n: int) -> list[float]:
-        times = []
+        t = time.perf_counter()
         for _ in range(n):
-            t = time.perf_counter()
             _, _, micro = stream.next_step()
             n_step = sum(count_targets(b, 1) for b in micro)
             for b in micro:
@@ -113,8 +114,7 @@ def main(argv=None) -> int:
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            times.append(time.perf_counter() - t)
-        return times
+        return [(time.perf_counter() - t) / n] * n
 
     omni_block(3)            # warm-up: first-touch features into memory, allocator, DeepSpeed buffers
     bare_block(3)

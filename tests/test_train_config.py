@@ -79,7 +79,7 @@ def test_repository_configs_validate():
 
 
 # ---- DeepSpeed config ------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["zero2", "zero3", "zero3_offload", "zero2_offload"])
+@pytest.mark.parametrize("name", ["zero0", "zero2", "zero3", "zero3_offload", "zero2_offload"])
 def test_ds_auto_filled_from_training_config(name):
     cfg = build_config({**BASE, "per_device_train_batch_size": 2, "global_batch_size": 16,
                         "max_grad_norm": 0.5, "precision": "bf16", "learning_rate": 3e-5})
@@ -89,7 +89,7 @@ def test_ds_auto_filled_from_training_config(name):
     assert "auto" not in json.dumps(ds)
     if "optimizer" in ds:
         assert ds["optimizer"]["params"]["lr"] == 3e-5
-    if ds["zero_optimization"]["stage"] == 3:
+    if ds["zero_optimization"].get("stage") == 3:
         assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
 
 

@@ -69,10 +69,9 @@ class Observer:
 
     def progress(self, step: int, loss: float, lr: float, samples_per_s: float) -> None:
         if self.bar is not None:
-            self.bar.n = step
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples_per_s:.1f}",
                                  refresh=False)
-            self.bar.refresh()
+            self.bar.update(step - self.bar.n)      # tqdm rate-limits its own redraws
 
     def message(self, text: str) -> None:
         if self.active:
