@@ -214,3 +214,27 @@ def test_flops_rules():
     assert guess_peak_tflops("NVIDIA L40S") == 362.0 and guess_peak_tflops("NVIDIA L40") == 181.0
     assert guess_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0 and guess_peak_tflops("cpu") is None
     assert mfu(181e12, 1.0, 1, 181.0) == pytest.approx(1.0) and mfu(1.0, 1.0, 1, None) is None
+
+
+# ---- checkpoint resolution ------------------------------------------------------------------------------
+def test_resume_resolution(tmp_path):
+    from omni_ds.train.checkpointing import STATE_FILE, CheckpointManager
+    ck = tmp_path / "out" / "checkpoints"
+    for step, complete in ((2, True), (4, True), (6, False)):
+        d = ck / f"step_{step:06d}"
+        d.mkdir(parents=True)
+        if complete:
+            (d / STATE_FILE).write_text("{}")
+    m = CheckpointManager(str(tmp_path / "out"), keep=2, rank=0, local_rank=0, barrier=lambda: None)
+    assert m.resolve("auto") is None and m.resolve("never") is None        # no `latest` yet: fresh start
+    (ck / "latest").write_text("step_000004")
+    assert m.resolve("auto") == ck / "step_000004"
+    assert m.resolve(str(tmp_path / "out")) == ck / "step_000004"          # an output_dir
+    assert m.resolve(str(ck)) == ck / "step_000004"                        # a checkpoints/ dir
+    assert m.resolve(str(ck / "step_000002")) == ck / "step_000002"        # one checkpoint
+    with pytest.raises(RuntimeError, match="incomplete"):
+        m.resolve(str(ck / "step_000006"))
+    with pytest.raises(FileNotFoundError, match="'resume'"):
+        m.resolve(str(tmp_path / "nope"))
+    assert m.clean_partial() == ["step_000006"] and not (ck / "step_000006").exists()
+    assert [p.name for p in m.complete_checkpoints()] == ["step_000002", "step_000004"]
