@@ -8,7 +8,9 @@
 #      tiny.en in CTranslate2 format, SmolLM2-135M-Instruct as GGUF, Piper TTS + a CC0 voice),
 #      converts them to local Hugging Face folders, synthesizes 56 + 8 spoken questions.
 #   2. validation loss and greedy answers of the untrained model (projector freshly initialised)
-#   3. stage 1 on DeepSpeed (1 CPU rank, ZeRO-2, fp32): projector + LLM, encoder frozen, trimmed
+#   3. stage 1 on DeepSpeed (1 CPU rank, ZeRO-2, fp32, trimmed encoder): the speech projector
+#      learns to make spoken questions readable to the frozen LLM (DIR/stage1.json explains why;
+#      add --set freeze_backbone=false via STAGE1_ARGS to train the LLM too)
 #   4. validation loss and greedy answers of DIR/out/final
 # Nothing is fetched from a model hub. Large downloads happen only here, never in the tests.
 # A second run skips what exists; delete DIR/out to train again.
@@ -49,10 +51,10 @@ else
     # A free rendezvous port: the launcher's default 29500 may be held by another run on this machine.
     PORT="${MASTER_PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
     phase "stage 1 training (deepspeed, 1 CPU rank)" \
-        "$DEEPSPEED" --num_gpus 1 --master_port "$PORT" launch/stage1.py --config "$CFG" --ds ds_configs/zero2.json
+        "$DEEPSPEED" --num_gpus 1 --master_port "$PORT" launch/stage1.py --config "$CFG" --ds ds_configs/zero2.json ${STAGE1_ARGS:-}
 fi
 phase "after training: validation loss + answers" \
-    "$PY" -m omni_ds.realsmall.report --config "$CFG" --model "$DIR/out/final" --label "after training" \
+    "$PY" -m omni_ds.realsmall.report --config "$CFG" --model "$DIR/out/final" --label "after training" --train-answers 4 \
     --json-out "$DIR/report_after.json"
 
 echo
@@ -67,6 +69,8 @@ b, a = (json.loads((d / f"report_{k}.json").read_text()) for k in ("before", "af
 print(f"  validation loss: {b['loss']:.3f} before -> {a['loss']:.3f} after "
       f"({a['records']} unseen spoken questions); exact answers {b['exact']} -> {a['exact']} of {len(a['answers'])}")
 for x in a["answers"][:4]:
-    print(f"    {x['question']!r} -> {x['answer']!r}")
+    print(f"    unseen  {x['question']!r} -> {x['answer']!r}")
+for x in a.get("train_answers", []):
+    print(f"    taught  {x['question']!r} -> {x['answer']!r}")
 EOF
 echo "  ask it yourself: $PY tools/infer.py --model $DIR/out/final --template tokenizer --wav $DIR/audio/questions/cap_japan.wav"

@@ -45,19 +45,17 @@ def evaluate(model, tok, manifest_path: str, n_answers: int, max_new_tokens: int
     from omni_ds.data.collator import OmniCollator
     from omni_ds.data.manifest import load_manifest
     from omni_ds.data.prompt import PromptBuilder
-    from omni_ds.inference import eos_token_ids
     manifest = load_manifest(manifest_path)
     builder = PromptBuilder(tok, template=template)
     mode, n_mels = model.omni_config.encoder_mode, n_mels_of(model)
     ds_rate = model.omni_config.speech_encoder_ds_rate
-    items, mels = [], []
+    items = []
     for i in range(len(manifest)):
         rec = manifest[i]
         mel, frames = log_mel(load_audio(rec["speech_path"]), n_mels=n_mels, mode=mode)
         built = builder.build(rec["response_text"], speech_positions=speech_positions(frames, ds_rate))
         items.append({"input_ids": torch.tensor(built["input_ids"]), "labels": torch.tensor(built["labels"]),
                       "speech_mel": mel, "speech_frames": frames, "sample_index": i})
-        mels.append((mel, frames))
     collate = OmniCollator(tok.pad_token_id)
     loss_sum, n_targets = 0.0, 0
     t = time.time()
@@ -66,23 +64,31 @@ def evaluate(model, tok, manifest_path: str, n_answers: int, max_new_tokens: int
         loss_sum += float(out["loss_sum"])
         n_targets += int(out["n_targets"])
     loss_seconds = time.time() - t
-    prompt = builder.build(None)["input_ids"]
-    eos = eos_token_ids(model, tok)
-    answers, exact = [], 0
     t = time.time()
-    for i in range(min(n_answers, len(items))):
-        mel, frames = mels[i]
-        out = model.generate(mel[None], torch.tensor([frames]), prompt, max_new_tokens=max_new_tokens,
-                             eos_token_ids=eos, with_units=False)
-        text = tok.decode(out["token_ids"], skip_special_tokens=True).strip()
-        rec = manifest[i]
-        ok = text.strip().lower() == rec["response_text"].strip().lower()
-        exact += ok
-        answers.append({"id": rec["id"], "question": rec["instruction_text"], "expected": rec["response_text"],
-                        "answer": text, "exact": ok})
+    answers = greedy_answers(model, tok, builder, manifest, range(min(n_answers, len(items))), max_new_tokens)
+    exact = sum(a["exact"] for a in answers)
     return {"manifest": manifest_path, "records": len(items), "loss": loss_sum / max(n_targets, 1),
             "targets": n_targets, "answers": answers, "exact": exact,
             "loss_seconds": loss_seconds, "answer_seconds": time.time() - t}
+
+
+@torch.no_grad()
+def greedy_answers(model, tok, builder, manifest, indices, max_new_tokens: int = 32) -> list[dict]:
+    from omni_ds.data.audio import load_audio, log_mel
+    from omni_ds.inference import eos_token_ids
+    prompt = builder.build(None)["input_ids"]
+    eos = eos_token_ids(model, tok)
+    out_rows = []
+    for i in indices:
+        rec = manifest[i]
+        mel, frames = log_mel(load_audio(rec["speech_path"]), n_mels=n_mels_of(model),
+                              mode=model.omni_config.encoder_mode)
+        out = model.generate(mel[None], torch.tensor([frames]), prompt, max_new_tokens=max_new_tokens,
+                             eos_token_ids=eos, with_units=False)
+        text = tok.decode(out["token_ids"], skip_special_tokens=True).strip()
+        out_rows.append({"id": rec["id"], "question": rec["instruction_text"], "expected": rec["response_text"],
+                         "answer": text, "exact": text.lower() == rec["response_text"].strip().lower()})
+    return out_rows
 
 
 def main(argv=None) -> int:
@@ -92,6 +98,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", required=True, help='"init" (as stage 1 starts) or a LLaMA-Omni folder')
     p.add_argument("--manifest", help="default: the config's val_manifest")
     p.add_argument("--answers", type=int, default=8, help="greedy answers for the first N records")
+    p.add_argument("--train-answers", type=int, default=0,
+                   help="also answer N training questions spread over the train manifest (what it was taught)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--json-out", help="also write the result here")
     p.add_argument("--label", default=None, help="heading of the printed block")
@@ -118,11 +126,23 @@ def main(argv=None) -> int:
     template = getattr(cfg, "prompt_template", None) or "tokenizer"
     res = evaluate(model, tok, manifest, args.answers, args.max_new_tokens, template=template)
     res.update(model=args.model, load_seconds=load_seconds)
+    if args.train_answers:
+        from omni_ds.data.manifest import load_manifest
+        from omni_ds.data.prompt import PromptBuilder
+        train = load_manifest(cfg.train_manifest)
+        step = max(len(train) // args.train_answers, 1)
+        res["train_answers"] = greedy_answers(model, tok, PromptBuilder(tok, template=template), train,
+                                              range(0, len(train), step)[:args.train_answers], args.max_new_tokens)
     label = args.label or f"model {args.model}"
     print(f"== {label}: validation loss {res['loss']:.4f} over {res['targets']} answer tokens "
           f"of {res['records']} clips; exact answers {res['exact']}/{len(res['answers'])}")
     for a in res["answers"]:
         print(f"   Q: {a['question']}\n      expected: {a['expected']}\n      answer:   {a['answer']}")
+    if res.get("train_answers"):
+        ta = res["train_answers"]
+        print(f"   training questions (taught): exact {sum(a['exact'] for a in ta)}/{len(ta)}")
+        for a in ta:
+            print(f"   Q: {a['question']}\n      expected: {a['expected']}\n      answer:   {a['answer']}")
     print(f"   (load {load_seconds:.0f} s, loss {res['loss_seconds']:.0f} s, answers {res['answer_seconds']:.0f} s)")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(res, indent=2))
