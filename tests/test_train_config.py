@@ -238,3 +238,15 @@ def test_resume_resolution(tmp_path):
         m.resolve(str(tmp_path / "nope"))
     assert m.clean_partial() == ["step_000006"] and not (ck / "step_000006").exists()
     assert [p.name for p in m.complete_checkpoints()] == ["step_000002", "step_000004"]
+
+
+def test_prompt_template_reaches_the_prompt_builder(tmp_path):
+    from omni_ds.tiny.tokenizer import write_tiny_tokenizer
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(write_tiny_tokenizer(tmp_path / "tok")))
+    with pytest.raises(ConfigError, match="'prompt_template' = 'chatml'"):
+        build_config({**BASE, "prompt_template": "chatml"})
+    cfg = build_config({**BASE, "prompt_template": "tokenizer", "instruction": "Answer briefly."})
+    b = cfg.prompt_builder(tok)
+    assert b.template == "tokenizer" and b.instruction == "Answer briefly."
+    assert build_config(BASE).prompt_builder(tok).template == "llama3"

@@ -45,6 +45,13 @@ class TrainConfig:
     max_speech_seconds: Optional[float] = None
     """None: instructions over 30 s are cut to 30 s (the official behaviour); a number: longer
     instructions are bad records."""
+    prompt_template: str = "llama3"
+    """"llama3" (REFERENCE.md's Llama-3 chat format) or "tokenizer" (the LLM tokenizer's own chat
+    template, e.g. ChatML for Qwen2.5 / SmolLM2)."""
+    system_prompt: Optional[str] = None
+    """None: LLaMA-Omni's system prompt (omni_ds.constants.SYSTEM_PROMPT)."""
+    instruction: Optional[str] = None
+    """Text after <speech> in the user turn; None: omni_ds.constants.DEFAULT_INSTRUCTION."""
     model_max_length: int = 2048
     """Longest LLM sequence (tokens, the speech placeholder counted once); longer records are skipped."""
     bad_records: str = "skip"
@@ -147,6 +154,8 @@ class TrainConfig:
             bad("precision", 'allowed: "bf16", "fp16", "fp32"')
         if self.lr_scheduler_type not in ("cosine", "linear", "constant"):
             bad("lr_scheduler_type", 'allowed: "cosine", "linear", "constant"')
+        if self.prompt_template not in ("llama3", "tokenizer"):
+            bad("prompt_template", 'allowed: "llama3", "tokenizer"')
         if self.bad_records not in ("skip", "stop"):
             bad("bad_records", 'allowed: "skip", "stop"')
         for k in ("per_device_train_batch_size", "gradient_accumulation_steps",
@@ -202,6 +211,14 @@ class TrainConfig:
     # ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def prompt_builder(self, tokenizer):
+        from omni_ds.constants import DEFAULT_INSTRUCTION, SYSTEM_PROMPT
+        from omni_ds.data.prompt import PromptBuilder
+        return PromptBuilder(tokenizer, template=self.prompt_template,
+                             system_prompt=SYSTEM_PROMPT if self.system_prompt is None else self.system_prompt,
+                             instruction=DEFAULT_INSTRUCTION if self.instruction is None else self.instruction,
+                             model_max_length=self.model_max_length)
 
     def projector_lr(self) -> float:
         return self.speech_projector_lr if self.speech_projector_lr is not None else self.learning_rate

@@ -97,7 +97,7 @@ def build_dataset(path: str, tokenizer, cfg, encoder_mode: str, ds_rate: int = 5
     from omni_ds.data.manifest import load_manifest
     from omni_ds.data.prompt import PromptBuilder
     from omni_ds.data.validate import ValidationConfig, validate_manifest
-    builder = PromptBuilder(tokenizer, model_max_length=cfg.model_max_length)
+    builder = cfg.prompt_builder(tokenizer)
     vcfg = ValidationConfig(stage=cfg.stage, mel_mode=encoder_mode, max_seconds=cfg.max_speech_seconds,
                             speech_ds_rate=ds_rate, on_bad="skip")
     manifest = load_manifest(path)

@@ -117,7 +117,7 @@ def dry_run(cfg: TrainConfig, ds_path: str, ds_raw: dict, world_size: Optional[i
         from omni_ds.data.validate import ValidationConfig, validate_manifest
         from omni_ds.train.data import StepStream
         tok = AutoTokenizer.from_pretrained(str(cfg.tokenizer_path or cfg.init_from or cfg.llm_path))
-        builder = PromptBuilder(tok, model_max_length=cfg.model_max_length)
+        builder = cfg.prompt_builder(tok)
         vcfg = ValidationConfig(stage=cfg.stage, mel_mode=cfg.omni.get("encoder_mode", "padded"),
                                 max_seconds=cfg.max_speech_seconds,
                                 speech_ds_rate=int(cfg.omni.get("speech_encoder_ds_rate", 5)))
