@@ -40,13 +40,13 @@ def n_mels_of(model) -> int:
 
 @torch.no_grad()
 def evaluate(model, tok, manifest_path: str, n_answers: int, max_new_tokens: int = 32,
-             template: str = "tokenizer", batch_size: int = 8) -> dict:
+             template: str = "tokenizer", batch_size: int = 8, builder=None) -> dict:
     from omni_ds.data.audio import load_audio, log_mel, speech_positions
     from omni_ds.data.collator import OmniCollator
     from omni_ds.data.manifest import load_manifest
     from omni_ds.data.prompt import PromptBuilder
     manifest = load_manifest(manifest_path)
-    builder = PromptBuilder(tok, template=template)
+    builder = builder or PromptBuilder(tok, template=template)
     mode, n_mels = model.omni_config.encoder_mode, n_mels_of(model)
     ds_rate = model.omni_config.speech_encoder_ds_rate
     items = []
@@ -124,14 +124,16 @@ def main(argv=None) -> int:
     load_seconds = time.time() - t
     # The prompt format stage 1 trained with (the config's template key when it has one).
     template = getattr(cfg, "prompt_template", None) or "tokenizer"
-    res = evaluate(model, tok, manifest, args.answers, args.max_new_tokens, template=template)
+    from omni_ds.data.prompt import PromptBuilder
+    # The config's own prompt (template, system prompt, instruction) when it can build one.
+    builder = cfg.prompt_builder(tok) if hasattr(cfg, "prompt_builder") else PromptBuilder(tok, template=template)
+    res = evaluate(model, tok, manifest, args.answers, args.max_new_tokens, template=template, builder=builder)
     res.update(model=args.model, load_seconds=load_seconds)
     if args.train_answers:
         from omni_ds.data.manifest import load_manifest
-        from omni_ds.data.prompt import PromptBuilder
         train = load_manifest(cfg.train_manifest)
         step = max(len(train) // args.train_answers, 1)
-        res["train_answers"] = greedy_answers(model, tok, PromptBuilder(tok, template=template), train,
+        res["train_answers"] = greedy_answers(model, tok, builder, train,
                                               range(0, len(train), step)[:args.train_answers], args.max_new_tokens)
     label = args.label or f"model {args.model}"
     print(f"== {label}: validation loss {res['loss']:.4f} over {res['targets']} answer tokens "
