@@ -207,18 +207,9 @@ def train_config_fields() -> set[str]:
 
 
 def prepare(out: Path, log: Callable = print, install: bool = True) -> dict:
-    """All phases; transformers' advisory log lines (GGUF legacy tokenizer, Whisper generation
-    defaults) are silenced while they run: the checks print what matters."""
-    from transformers.utils import logging as hf_logging
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        return _prepare(out, log, install)
-    finally:
-        hf_logging.set_verbosity(level)
-
-
-def _prepare(out: Path, log: Callable, install: bool) -> dict:
+    """All phases. Packages are installed before transformers is imported (it decides once, at
+    import, whether `gguf` is available). transformers' advisory log lines (GGUF legacy tokenizer,
+    Whisper generation defaults) are silenced afterwards: the checks print what matters."""
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     timings, summary = {}, {"out": str(out)}
@@ -229,10 +220,24 @@ def _prepare(out: Path, log: Callable, install: bool) -> dict:
         from omni_ds.realsmall.install import ensure_installed
         summary["installed_now"] = ensure_installed(log=log)
         log(f"  installed now: {summary['installed_now'] or 'nothing (all present)'}")
-        from omni_ds.realsmall.install import PIECES, dist_bytes
-        summary["installed_bytes"] = {p.dist: dist_bytes(p.dist) for p in PIECES}
-        log("  installed sizes: " + ", ".join(f"{k} {mb(v)}" for k, v in summary["installed_bytes"].items()))
+    from omni_ds.realsmall.install import PIECES, dist_bytes
+    summary["installed_bytes"] = {p.dist: dist_bytes(p.dist) for p in PIECES}
+    log("  installed sizes: " + ", ".join(f"{k} {mb(v)}" for k, v in summary["installed_bytes"].items()))
     timings["install"] = time.time() - t
+
+    from transformers.utils import is_gguf_available, logging as hf_logging
+    if not is_gguf_available() and not (out / "models" / "llm" / CHECK_FILE).is_file():
+        raise RuntimeError("transformers does not see the `gguf` package (it was imported before gguf was "
+                           "installed in this process); run tools/prepare_real_small.py again")
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return _prepare(out, log, summary, timings)
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _prepare(out: Path, log: Callable, summary: dict, timings: dict) -> dict:
 
     t = time.time()
     log("[2/5] spoken questions and answers (Piper, en_US joe, noise 0)")
