@@ -11,6 +11,7 @@ Writes, deterministically:
   DIR/models/tokenizer, whisper, llm   omni_ds.tiny factories (random weights)
   DIR/models/hubert.pt          tiny mHuBERT-architecture checkpoint in fairseq's layout
   DIR/models/kmeans.bin         joblib scikit-learn k-means fitted on its layer-11 features
+  DIR/stage1.json, DIR/stage2.json   ready training configs for these files
                                 of the response audio
 
 Speech synthesis uses the eSpeak NG library bundled in the `espeakng-loader` wheel (PyPI, no
@@ -158,7 +159,17 @@ def build(out: Path, real_dir: Path = REAL_DIR, with_models: bool = True) -> dic
                 f.write(json.dumps(r) + "\n")
     if with_models:
         write_models(out, responses)
+        write_configs(out)
     return {k: len(v) for k, v in rows.items()}
+
+
+def write_configs(out: Path) -> None:
+    """Ready training configs pointing at these files (DIR/stage1.json, and DIR/stage2.json when
+    the stage-2 recipe is available)."""
+    from omni_ds.train import demo
+    (out / "stage1.json").write_text(json.dumps(demo.demo_stage1_config(out), indent=1) + "\n")
+    if hasattr(demo, "demo_stage2_config"):
+        (out / "stage2.json").write_text(json.dumps(demo.demo_stage2_config(out), indent=1) + "\n")
 
 
 def main(argv=None) -> int:
