@@ -63,6 +63,14 @@ class TrainConfig:
     num_workers: int = 0
     cache_in_memory: bool = False
     """Keep loaded samples (log-mel, ids) in RAM after the first epoch: small data sets only."""
+    cache_hidden_states: bool = False
+    """Stage 2 only: compute the frozen LLM's response states of the train (and val) manifest once
+    before training (rank-sharded, omni_ds.train.hidden_cache), then train the decoder on them
+    alone; reruns with the same model, manifest and settings reuse the cache."""
+    cache_dir: Optional[str] = None
+    """Where the hidden-state cache lives; None: output_dir/hidden_cache. Share it between runs."""
+    cache_dtype: str = "bf16"
+    """"bf16" (half the disk) or "fp32" (bit-exact with uncached fp32 training)."""
 
     # ---- batch and schedule --------------------------------------------------------------
     per_device_train_batch_size: int = 1
@@ -202,6 +210,10 @@ class TrainConfig:
                                   f"llm_path={self.llm_path!r})")
         if self.stage == 2 and self.init_from is None:
             bad("init_from", "stage 2 starts from a LLaMA-Omni folder (stage 1's output_dir/final)")
+        if self.cache_dtype not in ("bf16", "fp32"):
+            bad("cache_dtype", 'allowed: "bf16", "fp32"')
+        if self.cache_hidden_states and self.stage != 2:
+            bad("cache_hidden_states", "is a stage 2 option (the LLM trains in stage 1)")
         if self.stage == 2 and self.freeze_backbone:
             bad("freeze_backbone", "is a stage 1 option (stage 2 always trains the decoder only)")
         if not self.train_manifest:

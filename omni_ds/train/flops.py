@@ -50,7 +50,14 @@ class FlopsModel:
     ds_rate: int = 5
 
     def positions(self, batch: dict) -> dict:
-        """Encoder frames, projector outputs, LLM positions and decoder positions in a batch."""
+        """Encoder frames, projector outputs, LLM positions and decoder positions in a batch.
+        A stage-2 batch of cached states (`response_states`) runs the decoder only."""
+        if "response_states" in batch:
+            n = batch["response_lengths"].to(torch.long)
+            units = batch["units"].ne(-100).sum(-1)
+            dec = int(torch.maximum(n * self.upsample, units).sum())
+            return {"encoder_frames": 0, "speech_positions": 0, "llm_positions": 0,
+                    "samples": int(n.shape[0]), "response_tokens": int(n.sum()), "decoder_positions": dec}
         mel = batch["speech_mel"]
         bsz = mel.shape[0]
         if self.encoder_padded:

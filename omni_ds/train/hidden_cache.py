@@ -67,41 +67,55 @@ class HiddenStateCache:
     @torch.no_grad()
     def build(self, model, dataset, collate, batch_size: int, device, float_dtype: torch.dtype,
               rank: int = 0, world: int = 1, progress=None) -> None:
-        """Every rank writes the states of dataset items rank, rank + world, ...; rank 0 then
-        writes meta.json once all parts exist. Parts already complete (from a killed build) are kept."""
+        """Every rank writes the states of dataset items rank, rank + world, ...; meta.json is
+        written once all parts exist. Parts already complete (from a killed build) are kept.
+        A complete cache (meta.json present) is not touched: returns False; True when it was built.
+        Every rank runs the same number of forwards (ZeRO-3 gathers parameters collectively): a
+        rank with fewer items repeats a batch and discards it."""
+        if self.complete:
+            return False
         self.dir.mkdir(parents=True, exist_ok=True)
         name = f"part-{rank:05d}-of-{world:05d}"
         if not (self.dir / f"{name}.json").exists():
+            n_batches = -(-(-(-len(dataset) // world)) // batch_size)     # ceil(ceil(N / world) / bs)
             self._build_part(model, dataset, collate, batch_size, device, float_dtype,
-                             range(rank, len(dataset), world), name, progress)
+                             range(rank, len(dataset), world), name, progress, n_batches)
         if dist.is_initialized():
             dist.barrier()
-        if rank == 0 and not self.complete:
+        parts = sorted(self.dir.glob(f"part-*-of-{world:05d}.json"))
+        if len(parts) == world and not self.complete:      # whichever rank sees every part
             width = None
-            for part in sorted(self.dir.glob("part-*.json")):
+            for part in parts:
                 width = width or json.loads(part.read_text())["width"]
             meta = {"world": world, "dtype": self.dtype, "width": width, "records": len(dataset)}
-            tmp = self.dir / "meta.json.tmp"
+            tmp = self.dir / f"meta.json.tmp{rank}"
             tmp.write_text(json.dumps(meta))
             os.replace(tmp, self.dir / "meta.json")
         if dist.is_initialized():
             dist.barrier()
+        return True
 
     def _build_part(self, model, dataset, collate, batch_size, device, float_dtype,
-                    items: Iterable[int], name: str, progress) -> None:
+                    items: Iterable[int], name: str, progress, n_batches: Optional[int] = None) -> None:
         torch_dtype, np_dtype = DTYPES[self.dtype]
         index: dict[int, list[int]] = {}
         offset, width = 0, None
         items = list(items)
+        starts = list(range(0, len(items), batch_size))
+        n_batches = max(n_batches or 0, len(starts))
         tmp_bin = self.dir / f"{name}.bin.tmp"
         with open(tmp_bin, "wb") as out:
-            for start in range(0, len(items), batch_size):
-                batch = collate([dataset[i] for i in items[start:start + batch_size]])
+            for b in range(n_batches):
+                real = b < len(starts)
+                chosen = items[starts[b]:starts[b] + batch_size] if real else (items[:1] or [0])
+                batch = collate([dataset[i] for i in chosen])
                 inputs = {k: (v.to(device).to(float_dtype) if v.is_floating_point() else v.to(device))
                           for k, v in batch.items() if torch.is_tensor(v)}
                 states, lengths = model.response_hidden_states(
                     inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
                     inputs["speech_mel"], inputs["speech_frames"])
+                if not real:                  # a filler forward for ZeRO-3's collectives
+                    continue
                 width = states.shape[-1]
                 for row, sample in enumerate(batch["sample_index"].tolist()):
                     n = int(lengths[row])
@@ -124,7 +138,9 @@ class HiddenStateCache:
         self._meta = json.loads((self.dir / "meta.json").read_text())
         _, np_dtype = DTYPES[self._meta["dtype"]]
         self._index = {}
-        for p, part in enumerate(sorted(self.dir.glob("part-*.json"))):
+        world = self._meta.get("world")
+        pattern = f"part-*-of-{world:05d}.json" if world else "part-*.json"
+        for p, part in enumerate(sorted(self.dir.glob(pattern))):
             info = json.loads(part.read_text())
             binary = part.with_suffix(".bin")
             self._parts[p] = (np.memmap(binary, dtype=np_dtype, mode="r") if binary.stat().st_size
@@ -145,6 +161,9 @@ class HiddenStateCache:
             raw = raw.view(torch.bfloat16)
         return raw.float()
 
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.dir.glob("*") if p.is_file())
+
 
 class CachedStatesDataset(torch.utils.data.Dataset):
     """Stage-2 items from the cache: same indices as the base dataset, no audio or LLM needed."""
@@ -154,6 +173,7 @@ class CachedStatesDataset(torch.utils.data.Dataset):
         self.cache = cache
         self.indices = base.indices
         self.lengths = base.lengths
+        self.n_skipped = getattr(base, "n_skipped", 0)
 
     def __len__(self) -> int:
         return len(self.base)

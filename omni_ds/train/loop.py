@@ -181,3 +181,44 @@ def evaluate_loss(engine, batches_per_rank: list[dict], n_batches: int, fallback
             count += float(out["n_targets"])
     total, count = all_sum([total, count], device)
     return {"loss": total / max(count, 1.0), "targets": count}
+
+
+@torch.no_grad()
+def evaluate_units(engine, batches_per_rank: list[dict], n_batches: int, fallback: dict, cfg) -> dict:
+    """Stage-2 validation, sharded like `evaluate_loss`: the mean CTC loss per target unit and the
+    unit edit distance (Levenshtein distance of the decoder's greedy units to the targets, summed
+    over the set, divided by the total number of target units). Batches are either full batches
+    (the frozen LLM computes the response states) or cached states (`response_states`)."""
+    from omni_ds.constants import IGNORE_INDEX
+    from omni_ds.model.ctc_decoder import ctc_collapse
+    from omni_ds.train.edit_distance import levenshtein
+    engine.eval()
+    module = engine.module
+    device = engine.device
+    float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.precision]
+    total, count, edits, n_samples = 0.0, 0.0, 0.0, 0.0
+    for i in range(n_batches):
+        real = i < len(batches_per_rank)
+        batch = to_device(batches_per_rank[i] if real else fallback, device, float_dtype)
+        if "response_states" in batch:
+            states, lengths = batch["response_states"], batch["response_lengths"]
+        else:
+            states, lengths = module.response_hidden_states(batch["input_ids"], batch["attention_mask"],
+                                                            batch["labels"], batch["speech_mel"],
+                                                            batch["speech_frames"])
+        out = engine(response_states=states, response_lengths=lengths, units=batch["units"])
+        logits, n_out = module.speech_generator(states, lengths)        # inference length (25 n)
+        if not real:
+            continue
+        total += float(out["loss_sum"])
+        count += float(out["n_targets"])
+        paths = logits.argmax(-1).cpu()
+        blank = module.speech_generator.blank
+        for b in range(paths.shape[0]):
+            pred = ctc_collapse(paths[b, : int(n_out[b])].tolist(), blank)
+            target = batch["units"][b]
+            edits += levenshtein(pred, target[target.ne(IGNORE_INDEX)].tolist())
+            n_samples += 1
+    total, count, edits, n_samples = all_sum([total, count, edits, n_samples], device)
+    return {"loss": total / max(count, 1.0), "targets": count,
+            "unit_edit_distance": edits / max(count, 1.0), "samples": n_samples}

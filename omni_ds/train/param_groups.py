@@ -96,3 +96,26 @@ def count_params(model: torch.nn.Module) -> dict:
         if p.requires_grad:
             out[f"{mod}_trainable"] = out.get(f"{mod}_trainable", 0) + n
     return out
+
+
+def optimizer_parameter_names(engine) -> list[str]:
+    """Names of the parameters the engine's optimizer holds state for, read back from it:
+    ZeRO-1/2 `bit16_groups`, the bf16 optimizer's `bf16_groups`, ZeRO-3 `fp16_groups`, else the
+    torch optimizer's param groups."""
+    opt = engine.optimizer
+    groups = None
+    for attr in ("bit16_groups", "bf16_groups", "fp16_groups"):
+        if getattr(opt, attr, None):
+            groups = getattr(opt, attr)
+            break
+    if groups is None:
+        inner = getattr(opt, "optimizer", opt)
+        groups = [g["params"] for g in inner.param_groups]
+    names = {id(p): n for n, p in engine.module.named_parameters()}
+    out = []
+    for g in groups:
+        for p in g:
+            if id(p) not in names:
+                raise RuntimeError("the optimizer holds a tensor that is not a parameter of the model")
+            out.append(names[id(p)])
+    return out

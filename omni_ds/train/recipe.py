@@ -101,8 +101,10 @@ def build_model(cfg: TrainConfig, ds: dict):
         # init writes sinusoids into an already-partitioned (0-sized) position table and fails.
         zero_init = None
     if cfg.init_from:
+        # stage 2: a stage-1 folder without a decoder gets a freshly initialised one (seeded)
         model, tok = load_omni_folder(cfg.init_from, dtype=torch.float32, omni_overrides=cfg.omni or None,
-                                      attn_implementation=cfg.attn_implementation, zero_init=zero_init)
+                                      attn_implementation=cfg.attn_implementation, zero_init=zero_init,
+                                      with_speech_generator=True if cfg.stage == 2 else None)
     else:
         try:
             omni = OmniConfig(**cfg.omni)
@@ -134,9 +136,12 @@ def build_data(cfg: TrainConfig, tokenizer, encoder_mode: str, ds_rate: int, log
 
 
 def make_evaluator(engine, val, collate, cfg, rank: int, world: int):
+    """Validation over `val`, rank-sharded: loss (stage 1); CTC loss and unit edit distance
+    (stage 2)."""
     if val is None or len(val) == 0:
         return None
-    from omni_ds.train.loop import evaluate_loss
+    from omni_ds.train.loop import evaluate_loss, evaluate_units
+    evaluate_fn = evaluate_units if cfg.stage == 2 else evaluate_loss
     bs = cfg.per_device_eval_batch_size
     chunks = [list(range(i, min(i + bs, len(val)))) for i in range(0, len(val), bs)]
     mine = chunks[rank::world]
@@ -145,8 +150,62 @@ def make_evaluator(engine, val, collate, cfg, rank: int, world: int):
     def evaluate() -> dict:
         batches = [collate([val[i] for i in c]) for c in mine]
         fallback = batches[0] if batches else collate([val[i] for i in chunks[0]])
-        return evaluate_loss(engine, batches, n_batches, fallback, cfg)
+        return evaluate_fn(engine, batches, n_batches, fallback, cfg)
     return evaluate
+
+
+def cache_settings(cfg: TrainConfig, model) -> dict:
+    """Everything besides the model folder and the manifest that the cached states depend on."""
+    import dataclasses
+    omni = model.omni_config
+    return {"omni": dataclasses.asdict(omni) if dataclasses.is_dataclass(omni) else vars(omni),
+            "omni_overrides": cfg.omni, "precision": cfg.precision, "cache_dtype": cfg.cache_dtype,
+            "prompt_template": cfg.prompt_template, "system_prompt": cfg.system_prompt,
+            "instruction": cfg.instruction, "model_max_length": cfg.model_max_length,
+            "max_speech_seconds": cfg.max_speech_seconds, "attn_implementation": cfg.attn_implementation}
+
+
+def attach_hidden_cache(engine, model, cfg: TrainConfig, ds: dict, train_set, val_set, collate,
+                        rank: int, world: int, log):
+    """Stage 2 with `cache_hidden_states`: the frozen LLM's response states of the train and val
+    manifests, computed once (each rank a strided share, then a barrier) or found complete from an
+    earlier run; returns (train_set, val_set, collate, info) that read the cache only.
+
+    After this the training steps and validation run the decoder alone. Without ZeRO-3 the frozen
+    encoder, projector and LLM are then moved to CPU memory (they stay in the model, so the final
+    LLaMA-Omni folder still holds them bit for bit); under ZeRO-3 they stay partitioned on the
+    devices (1/world of their 16-bit weights per device) and are never gathered again."""
+    from omni_ds.train.data import InMemory
+    from omni_ds.train.hidden_cache import CachedStatesDataset, HiddenStateCache, cache_key, collate_cached
+    root = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.output_dir) / "hidden_cache"
+    settings = cache_settings(cfg, model)
+    info: dict = {"cache_dir": str(root), "cache_dtype": cfg.cache_dtype}
+    sets = {"train": (train_set, cfg.train_manifest), "val": (val_set, cfg.val_manifest)}
+    out = {}
+    t0 = time.time()
+    for name, (data, manifest) in sets.items():
+        if data is None:
+            out[name] = None
+            continue
+        base = data.dataset if isinstance(data, InMemory) else data       # the cache replaces RAM caching
+        key = cache_key(Path(cfg.init_from), Path(manifest), settings)
+        cache = HiddenStateCache(root, key, dtype=cfg.cache_dtype)
+        built = cache.build(engine.module, base, collate, cfg.per_device_eval_batch_size, engine.device,
+                            DTYPES[cfg.precision], rank, world)
+        log(f"hidden-state cache ({name}): {'built' if built else 'reused'} {cache.dir} "
+            f"({cache.disk_bytes() / 1e6:.2f} MB for {len(base)} samples)")
+        info[name] = {"key": key, "dir": str(cache.dir), "built": built, "bytes": cache.disk_bytes(),
+                      "samples": len(base)}
+        out[name] = CachedStatesDataset(base, cache)
+    info["build_seconds"] = time.time() - t0
+    if zero_stage(ds) != 3:
+        m = engine.module
+        for part in (m.speech_encoder, m.speech_projector, m.llm):
+            part.to("cpu")
+        info["frozen_parts_device"] = "cpu"
+    else:
+        info["frozen_parts_device"] = "partitioned (ZeRO-3)"
+    return out["train"], out["val"], collate_cached, info
 
 
 # ---- the run -----------------------------------------------------------------------------------------
@@ -174,6 +233,7 @@ class Run:
     ckpt: Any
     state: Any
     info: dict = field(default_factory=dict)
+    val_collate: Any = None
 
     def log(self, msg: str) -> None:
         if self.rank == 0:
@@ -240,6 +300,12 @@ def setup(cfg: TrainConfig, ds_path: str) -> Run:
         model=model, optimizer=optimizer, model_parameters=None if optimizer is not None else opt_groups,
         lr_scheduler=make_scheduler_factory(total_steps, n_warmup, cfg.lr_scheduler_type, cfg.min_lr_ratio),
         config=ds, dist_init_required=False)
+    val_collate = collate
+    cache_info = None
+    if cfg.stage == 2 and cfg.cache_hidden_states:
+        train_set, val_set, collate, cache_info = attach_hidden_cache(
+            engine, model, cfg, ds, train_set, val_set, collate, rank, world, log)
+        stream.dataset, stream.collate, val_collate = train_set, collate, collate
     flops_model = flops_model_for(engine.module, cfg.stage, cfg.gradient_checkpointing, encoder_mode == "padded",
                                   model.omni_config.ctc_upsample_factor, model.omni_config.speech_encoder_ds_rate)
     peak = cfg.peak_tflops or (guess_peak_tflops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None)
@@ -269,11 +335,19 @@ def setup(cfg: TrainConfig, ds_path: str) -> Run:
             "params": counts, "zero_stage": zero_stage(ds),
             "param_groups": {g["name"]: {"lr": g["lr"], "weight_decay": g["weight_decay"],
                                          "tensors": len(g["params"])} for g in groups}}
+    from omni_ds.train.param_groups import module_of, optimizer_parameter_names
+    opt_numel: dict = {}
+    shapes = {n: (getattr(p, "ds_numel", None) or p.numel()) for n, p in engine.module.named_parameters()}
+    for n in optimizer_parameter_names(engine):
+        opt_numel[module_of(n)] = opt_numel.get(module_of(n), 0) + shapes[n]
+    info["optimizer_state_params"] = opt_numel          # read back from the engine's optimizer
+    if cache_info is not None:
+        info["hidden_cache"] = cache_info
     log(f"world {world}, micro {micro} x GAS {gas} = global batch {global_batch}; "
         f"{len(train_set)} samples, {stream.steps_in_epoch(0)} steps/epoch, {total_steps} steps, {n_warmup} warmup; "
         f"trainable {counts['trainable'] / 1e6:.2f} M of {counts['total'] / 1e6:.2f} M params; ZeRO-{zero_stage(ds)}")
     return Run(cfg, ds, rank, world, engine, model, tokenizer, train_set, val_set, collate, stream, total_steps,
-               n_warmup, global_batch, groups, counts, flops_model, peak, ckpt, state, info)
+               n_warmup, global_batch, groups, counts, flops_model, peak, ckpt, state, info, val_collate)
 
 
 def run(cfg: TrainConfig, ds_path: str) -> dict:
@@ -286,7 +360,7 @@ def run(cfg: TrainConfig, ds_path: str) -> dict:
     state = r.state
     observer = Observer(cfg, r.rank, r.total_steps, state.step, r.info)
     trace = SampleTrace(cfg, r.rank) if cfg.trace_samples else None
-    evaluate = make_evaluator(r.engine, r.val_set, r.collate, cfg, r.rank, r.world)
+    evaluate = make_evaluator(r.engine, r.val_set, r.val_collate or r.collate, cfg, r.rank, r.world)
 
     status, error = "completed", None
     t0 = time.time()
