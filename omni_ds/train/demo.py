@@ -1,6 +1,7 @@
 """Demo / test training setups on tiny models.
 
-`demo_stage1_config(demo_dir)` is what `tools/make_demo_data.py` writes as DIR/stage1.json.
+`demo_stage1_config(demo_dir)` / `demo_stage2_config(demo_dir)` are what `tools/make_demo_data.py`
+writes as DIR/stage1.json / DIR/stage2.json.
 `write_tiny_setup(dir)` builds a self-contained tiny run (tokenizer, Whisper, Llama, a manifest of
 the real spoken instructions in ../shared/data/spoken_instructions with distinct short answers)
 for tests and the benchmark.
@@ -51,6 +52,44 @@ def demo_stage1_config(demo_dir: str | Path, **overrides) -> dict:
         "report_to": ["tensorboard"],
         "seed": 0,
         "cache_in_memory": True,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def demo_stage2_config(demo_dir: str | Path, **overrides) -> dict:
+    """Stage 2 training config for the demo: the CTC decoder trains on the frozen stage-1 model
+    (DIR/runs/stage1/final) against DIR/train_units.jsonl (tools/extract_units.py output),
+    validated on DIR/val_units.jsonl (CTC loss + unit edit distance). The LLM's response states
+    are cached once (fp32: the demo is fp32) so the steps run the tiny decoder alone."""
+    d = Path(demo_dir).resolve()
+    cfg = {
+        "_comment": "deepspeed --num_gpus 2 launch/stage2.py --config DIR/stage2.json --ds ds_configs/zero2.json",
+        "stage": 2,
+        "init_from": str(d / "runs" / "stage1" / "final"),
+        "omni": {"ctc_decoder_config": "(2,64,4,128)"},     # the demo stage 1's tiny decoder shape
+        "train_manifest": str(d / "train_units.jsonl"),
+        "val_manifest": str(d / "val_units.jsonl"),
+        "output_dir": str(d / "runs" / "stage2"),
+        "cache_hidden_states": True,
+        "cache_dir": str(d / "runs" / "hidden_cache"),
+        "cache_dtype": "fp32",
+        "per_device_train_batch_size": 2,
+        "global_batch_size": 4,
+        "num_train_epochs": 100,
+        "learning_rate": 3e-3,
+        "lr_scheduler_type": "cosine",
+        "warmup_ratio": 0.03,
+        "weight_decay": 0.0,
+        "precision": "fp32",
+        "max_grad_norm": 1.0,
+        "save_steps": 200,
+        "save_total_limit": 1,
+        "eval_steps": 0,
+        "per_device_eval_batch_size": 2,
+        "logging_steps": 10,
+        "report_to": ["tensorboard"],
+        "seed": 0,
     }
     cfg.update(overrides)
     return cfg
