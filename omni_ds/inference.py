@@ -78,7 +78,8 @@ def answer(model: OmniSpeechModel, tokenizer, wav: str | Path, max_new_tokens: i
     prompt = builder.build(None)["input_ids"]
     if double_bos and tokenizer.bos_token_id is not None:
         prompt = [tokenizer.bos_token_id] + prompt
-    mel, frames = log_mel(load_audio(wav), mode=model.omni_config.encoder_mode)
+    mel, frames = log_mel(load_audio(wav), n_mels=model.speech_encoder.config.num_mel_bins,
+                          mode=model.omni_config.encoder_mode)
     device = next(model.llm.parameters()).device
     dtype = next(model.speech_encoder.parameters()).dtype
     streamer = None

@@ -90,7 +90,7 @@ class InMemory(torch.utils.data.Dataset):
         return getattr(self.dataset, name)
 
 
-def build_dataset(path: str, tokenizer, cfg, encoder_mode: str, ds_rate: int = 5, log=print):
+def build_dataset(path: str, tokenizer, cfg, encoder_mode: str, ds_rate: int = 5, log=print, n_mels: int = 128):
     """Validated OmniSpeechDataset of a manifest; bad records reported by id and reason, then
     skipped (bad_records = "skip") or fatal ("stop")."""
     from omni_ds.data.dataset import OmniSpeechDataset
@@ -108,7 +108,7 @@ def build_dataset(path: str, tokenizer, cfg, encoder_mode: str, ds_rate: int = 5
         raise RuntimeError(f"{path}: {len(report.bad)} bad record(s) (listed above) and bad_records = \"stop\"")
     if report.bad:
         log(f"{path}: skipping {len(report.bad)} bad record(s); {report.summary()}")
-    return OmniSpeechDataset(manifest, builder, vcfg, report=report)
+    return OmniSpeechDataset(manifest, builder, vcfg, n_mels=n_mels, report=report)
 
 
 def count_targets(batch: dict, stage: int) -> int:
