@@ -25,7 +25,8 @@ setup(
         "tensorboard>=2.15",
     ],
     extras_require={
-        "dev": ["pytest>=8", "scikit-learn>=1.3", "joblib>=1.3", "espeakng-loader==0.2.4"],
+        # gguf: the GGUF -> HF conversion test of the real-small variant (a 118 kB wheel)
+        "dev": ["pytest>=8", "scikit-learn>=1.3", "joblib>=1.3", "espeakng-loader==0.2.4", "gguf"],
         # The demo data: eSpeak NG (bundled in a wheel) speaks the generated clips; the tiny
         # k-means is a scikit-learn model, as the released one is.
         "demo": ["espeakng-loader==0.2.4", "scikit-learn>=1.3", "joblib>=1.3"],
