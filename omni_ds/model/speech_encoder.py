@@ -73,43 +73,37 @@ class WhisperSpeechEncoder(nn.Module):
 
 
 # ---- openai-whisper <-> transformers parameter names -----------------------------------------
-_LAYER_MAP = {
+# transformers' encoder-relative names -> openai-whisper's; per block, then top level.
+_BLOCK_NAMES = {
     "self_attn.q_proj": "attn.query", "self_attn.k_proj": "attn.key",
     "self_attn.v_proj": "attn.value", "self_attn.out_proj": "attn.out",
     "self_attn_layer_norm": "attn_ln", "fc1": "mlp.0", "fc2": "mlp.2", "final_layer_norm": "mlp_ln",
 }
-_TOP_MAP = {"conv1": "conv1", "conv2": "conv2", "layer_norm": "ln_post"}
+_TOP_NAMES = {"conv1": "conv1", "conv2": "conv2", "layer_norm": "ln_post"}
+_TO_OPENAI = ("layers", "blocks", _BLOCK_NAMES, _TOP_NAMES)
+_TO_HF = ("blocks", "layers", {v: k for k, v in _BLOCK_NAMES.items()}, {v: k for k, v in _TOP_NAMES.items()})
+
+
+def _rename(name: str, table, positions: tuple[str, str]) -> str:
+    src_blocks, dst_blocks, block_names, top_names = table
+    if name == positions[0]:
+        return positions[1]
+    parts = name.split(".")
+    inner = ".".join(parts[2:-1])
+    if parts[0] == src_blocks and inner in block_names:
+        return f"{dst_blocks}.{parts[1]}.{block_names[inner]}.{parts[-1]}"
+    if len(parts) == 2 and parts[0] in top_names:
+        return f"{top_names[parts[0]]}.{parts[-1]}"
+    raise KeyError(f"Whisper encoder parameter {name!r} has no counterpart name")
 
 
 def hf_to_openai_name(name: str) -> str:
     """'layers.3.self_attn.q_proj.weight' -> 'blocks.3.attn.query.weight' (encoder-relative names)."""
-    if name == "embed_positions.weight":
-        return "positional_embedding"
-    parts = name.split(".")
-    if parts[0] == "layers":
-        inner = ".".join(parts[2:-1])
-        if inner not in _LAYER_MAP:
-            raise KeyError(f"no openai-whisper name for encoder parameter {name!r}")
-        return f"blocks.{parts[1]}.{_LAYER_MAP[inner]}.{parts[-1]}"
-    if parts[0] in _TOP_MAP:
-        return f"{_TOP_MAP[parts[0]]}.{parts[-1]}"
-    raise KeyError(f"no openai-whisper name for encoder parameter {name!r}")
+    return _rename(name, _TO_OPENAI, ("embed_positions.weight", "positional_embedding"))
 
 
 def openai_to_hf_name(name: str) -> str:
-    if name == "positional_embedding":
-        return "embed_positions.weight"
-    parts = name.split(".")
-    if parts[0] == "blocks":
-        inner = ".".join(parts[2:-1])
-        reverse = {v: k for k, v in _LAYER_MAP.items()}
-        if inner not in reverse:
-            raise KeyError(f"unknown openai-whisper encoder parameter {name!r}")
-        return f"layers.{parts[1]}.{reverse[inner]}.{parts[-1]}"
-    reverse_top = {v: k for k, v in _TOP_MAP.items()}
-    if parts[0] in reverse_top:
-        return f"{reverse_top[parts[0]]}.{parts[-1]}"
-    raise KeyError(f"unknown openai-whisper encoder parameter {name!r}")
+    return _rename(name, _TO_HF, ("positional_embedding", "embed_positions.weight"))
 
 
 def whisper_config_from_openai_state(state: dict[str, torch.Tensor]) -> WhisperConfig:
