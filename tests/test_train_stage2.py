@@ -1,0 +1,201 @@
+"""Stage 2 for real on CPU: launch/stage2.py under the deepspeed launcher, 2 ranks, ZeRO-2, fp32.
+
+Inputs are built here: the tiny models and real clips of `write_tiny_setup`, a "stage-1 folder"
+saved from a tiny model built from parts WITHOUT a speech decoder (stage 2 then starts the
+decoder from a seeded random init, as from a real stage-1 folder), and synthetic unit targets in
+range (20-39 random units per record). val_units.jsonl holds two TRAINING records, so the
+validation's unit edit distance measures how well the training samples are fitted.
+
+Runs, shared by the tests of this module (all 2 ranks, ZeRO-2, fp32, global batch 4):
+    cached    cache_hidden_states (fp32 cache), the demo's cosine schedule, STEPS steps, eval at the end
+    uncached  no cache, constant lr, 3 steps
+    rerun     the cache dir of `cached` (train cache reused), constant lr, 3 steps, a val manifest
+              with one unit changed (new val cache)
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from omni_ds.train.demo import demo_stage2_config, write_tiny_setup
+
+REPO = Path(__file__).resolve().parents[1]
+DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))
+TIMEOUT = 420
+STEPS = 400
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env():
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_SIZE"):
+        env.pop(k, None)
+    return env
+
+
+def launch(cfg: dict, path: Path, n: int = 2):
+    path.write_text(json.dumps(cfg))
+    cmd = [DEEPSPEED, "--num_gpus", str(n), "--master_port", str(_port()), "launch/stage2.py",
+           "--config", str(path), "--ds", "ds_configs/zero2.json"]
+    p = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert p.returncode == 0, f"{path.name} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return json.loads((Path(cfg["output_dir"]) / "summary.json").read_text())
+
+
+def losses(out: Path) -> list[float]:
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    return [r["train/loss"] for r in rows if "train/loss" in r]
+
+
+def write_stage2_inputs(root: Path) -> Path:
+    from omni_ds.model.checkpoint import build_from_parts, save_omni_folder
+    from omni_ds.tiny.models import tiny_omni_config
+    d = write_tiny_setup(root, n_clips=8, val_clips=2)
+    g = torch.Generator().manual_seed(0)
+    rows = [json.loads(line) for line in open(d / "train.jsonl")]
+    for r in rows:
+        r["speech_response_path"] = r["speech_instruction_path"]
+        r["units"] = torch.randint(0, 1000, (int(torch.randint(20, 40, (1,), generator=g)),), generator=g).tolist()
+    (d / "train_units.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "val_units.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    torch.manual_seed(0)
+    model, tok = build_from_parts(d / "models" / "whisper", d / "models" / "llm",
+                                  tiny_omni_config(encoder_mode="trimmed", with_speech_generator=False))
+    save_omni_folder(d / "runs" / "stage1" / "final", model, tok)
+    return d
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stage2")
+    d = write_stage2_inputs(root / "demo")
+    common = dict(learning_rate=1e-2, logging_steps=1, report_to=[], progress_bar=False, save_steps=0)
+    short = dict(common, lr_scheduler_type="constant", warmup_ratio=0.0, max_steps=3)
+    out = {k: root / k for k in ("cached", "uncached", "rerun")}
+    # the rerun: same model and train manifest (cache reused), a val manifest differing in one unit
+    val = [json.loads(line) for line in open(d / "val_units.jsonl")]
+    val[0]["units"][0] = (val[0]["units"][0] + 1) % 1000
+    (root / "val_changed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in val))
+    cfgs = {
+        "cached": demo_stage2_config(d, output_dir=str(out["cached"]), max_steps=STEPS, **common),
+        "uncached": demo_stage2_config(d, output_dir=str(out["uncached"]), cache_hidden_states=False,
+                                       val_manifest=None, **short),
+        "rerun": demo_stage2_config(d, output_dir=str(out["rerun"]),
+                                    val_manifest=str(root / "val_changed.jsonl"), **short),
+    }
+    summaries = {}
+    summaries["cached"] = launch(cfgs["cached"], root / "cached.json")
+    parts = {p: p.stat().st_mtime_ns for p in (d / "runs" / "hidden_cache").rglob("*")}
+    summaries["uncached"] = launch(cfgs["uncached"], root / "uncached.json")
+    summaries["rerun"] = launch(cfgs["rerun"], root / "rerun.json")
+    return {"demo": d, "out": out, "summary": summaries, "cfg": cfgs, "cache_files": parts}
+
+
+def test_only_the_decoder_changes_and_holds_optimizer_state(runs):
+    from safetensors.torch import load_file
+    d, out = runs["demo"], runs["out"]["cached"]
+    summary = runs["summary"]["cached"]
+    assert summary["status"] == "completed" and summary["steps"] == STEPS
+    init = load_file(d / "runs" / "stage1" / "final" / "model.safetensors")
+    final = {}
+    for f in sorted((out / "final").glob("*.safetensors")):
+        final.update(load_file(f))
+    decoder = {k for k in final if k.startswith("speech_generator.")}
+    assert decoder and not any(k.startswith("speech_generator.") for k in init)
+    assert set(final) == set(init) | decoder
+    changed = [k for k in init if not torch.equal(init[k], final[k]) or init[k].dtype != final[k].dtype]
+    assert not changed, changed[:5]
+    # optimizer state: read back from the engine's optimizer by the trainer (summary), per module
+    n_decoder = sum(final[k].numel() for k in decoder)
+    assert summary["optimizer_state_params"] == {"speech_generator": n_decoder}
+    assert summary["params"]["trainable"] == n_decoder
+
+
+def test_decoder_overfits_the_training_units(runs):
+    from omni_ds.data.collator import OmniCollator
+    from omni_ds.data.dataset import OmniSpeechDataset
+    from omni_ds.data.manifest import load_manifest
+    from omni_ds.data.validate import ValidationConfig
+    from omni_ds.model.checkpoint import load_omni_folder
+    from omni_ds.train.edit_distance import levenshtein
+    d, out = runs["demo"], runs["out"]["cached"]
+    model, tok = load_omni_folder(out / "final")
+    model.set_stage(2).eval()
+    cfg = runs["cfg"]["cached"]
+    from omni_ds.train.config import build_config
+    builder = build_config({k: v for k, v in cfg.items() if k != "_comment"}).prompt_builder(tok)
+    data = OmniSpeechDataset(load_manifest(d / "train_units.jsonl"), builder,
+                             ValidationConfig(stage=2, mel_mode="trimmed"))
+    collate = OmniCollator(tok.pad_token_id)
+    edits = total = 0
+    with torch.no_grad():
+        for i in range(len(data)):
+            b = collate([data[i]])
+            states, n = model.response_hidden_states(b["input_ids"], b["attention_mask"], b["labels"],
+                                                     b["speech_mel"], b["speech_frames"])
+            pred = model.speech_generator.predict(states[0, : int(n[0])])
+            target = data[i]["units"].tolist()
+            edits += levenshtein(pred, target)
+            total += len(target)
+    assert edits / total <= 0.10, (edits, total)
+    # the trainer's own validation (rank-sharded over 2 ranks) agrees that these samples are fitted
+    ev = runs["summary"]["cached"]["evals"][-1]
+    assert ev["samples"] == 2 and ev["unit_edit_distance"] <= 0.10 and ev["loss"] < 1.0
+    first = losses(out)[0]
+    assert runs["summary"]["cached"]["final_loss"] < 0.2 * first
+
+
+def test_cached_and_uncached_training_give_the_same_losses(runs):
+    cached, uncached = losses(runs["out"]["rerun"]), losses(runs["out"]["uncached"])
+    assert len(cached) == len(uncached) == 3
+    assert cached == pytest.approx(uncached, rel=1e-5, abs=1e-5)
+    assert "hidden_cache" in runs["summary"]["rerun"] and "hidden_cache" not in runs["summary"]["uncached"]
+    # the losses move between steps, so equal losses compare real training, not a constant
+    assert len({round(x, 4) for x in uncached}) == 3
+
+
+def test_rerun_reuses_the_cache_and_new_data_gets_a_new_key(runs):
+    first = runs["summary"]["cached"]["hidden_cache"]
+    again = runs["summary"]["rerun"]["hidden_cache"]
+    assert first["train"]["built"] and first["val"]["built"]
+    assert again["train"]["key"] == first["train"]["key"] and not again["train"]["built"]
+    assert again["val"]["key"] != first["val"]["key"] and again["val"]["built"]
+    # the reused cache's files were not rewritten
+    for p, mtime in runs["cache_files"].items():
+        assert p.stat().st_mtime_ns == mtime, p
+    assert first["frozen_parts_device"] == "cpu"
+
+
+def test_a_changed_model_gives_a_new_cache_key(runs, tmp_path):
+    import shutil
+    from safetensors.torch import load_file, save_file
+    from omni_ds.train.hidden_cache import cache_key
+    d = runs["demo"]
+    src = d / "runs" / "stage1" / "final"
+    manifest = d / "train_units.jsonl"
+    key = runs["summary"]["cached"]["hidden_cache"]["train"]["key"]
+    from omni_ds.model.checkpoint import load_omni_folder
+    from omni_ds.train.config import build_config
+    from omni_ds.train.recipe import cache_settings
+    cfg = build_config({k: v for k, v in runs["cfg"]["cached"].items() if k != "_comment"})
+    model, _ = load_omni_folder(src, omni_overrides=cfg.omni, with_speech_generator=True)
+    settings = cache_settings(cfg, model)
+    assert cache_key(src, manifest, settings) == key               # the trainer's key, recomputed
+    copy = tmp_path / "model"
+    shutil.copytree(src, copy)
+    assert cache_key(copy, manifest, settings) == key              # same files, same key
+    state = load_file(copy / "model.safetensors")
+    name = next(k for k in state if k.startswith("model.layers.0."))
+    state[name] = state[name] + 1e-3
+    save_file(state, copy / "model.safetensors", metadata={"format": "pt"})
+    assert cache_key(copy, manifest, settings) != key
