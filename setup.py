@@ -17,6 +17,8 @@ setup(
         "tokenizers>=0.21",
         "safetensors>=0.4",
         "deepspeed>=0.16",
+        # transformers needs it for ZeRO-3 loading (HfDeepSpeedConfig) and for GGUF files
+        "accelerate>=0.26",
         "datasets>=3.0",
         "soundfile>=0.12",
         "soxr>=0.3",
