@@ -6,9 +6,9 @@ decoder from a seeded random init, as from a real stage-1 folder), and synthetic
 range (20-39 random units per record). val_units.jsonl holds two TRAINING records, so the
 validation's unit edit distance measures how well the training samples are fitted.
 
-Runs, shared by the tests of this module (all 2 ranks, ZeRO-2, fp32, global batch 4):
+Runs, shared by the tests of this module (all 2 ranks, fp32, global batch 4, ZeRO-2 unless said):
     cached    cache_hidden_states (fp32 cache), the demo's cosine schedule, STEPS steps, eval at the end
-    uncached  no cache, constant lr, 3 steps
+    uncached  ZeRO-3, no cache (the frozen LLM runs inside each step, partitioned), constant lr, 3 steps
     rerun     the cache dir of `cached` (train cache reused), constant lr, 3 steps, a val manifest
               with one unit changed (new val cache)
 """
@@ -43,10 +43,10 @@ def _env():
     return env
 
 
-def launch(cfg: dict, path: Path, n: int = 2):
+def launch(cfg: dict, path: Path, n: int = 2, ds: str = "zero2"):
     path.write_text(json.dumps(cfg))
     cmd = [DEEPSPEED, "--num_gpus", str(n), "--master_port", str(_port()), "launch/stage2.py",
-           "--config", str(path), "--ds", "ds_configs/zero2.json"]
+           "--config", str(path), "--ds", f"ds_configs/{ds}.json"]
     p = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert p.returncode == 0, f"{path.name} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     return json.loads((Path(cfg["output_dir"]) / "summary.json").read_text())
@@ -96,7 +96,7 @@ def runs(tmp_path_factory):
     summaries = {}
     summaries["cached"] = launch(cfgs["cached"], root / "cached.json")
     parts = {p: p.stat().st_mtime_ns for p in (d / "runs" / "hidden_cache").rglob("*")}
-    summaries["uncached"] = launch(cfgs["uncached"], root / "uncached.json")
+    summaries["uncached"] = launch(cfgs["uncached"], root / "uncached.json", ds="zero3")
     summaries["rerun"] = launch(cfgs["rerun"], root / "rerun.json")
     return {"demo": d, "out": out, "summary": summaries, "cfg": cfgs, "cache_files": parts}
 
@@ -156,10 +156,13 @@ def test_decoder_overfits_the_training_units(runs):
 
 
 def test_cached_and_uncached_training_give_the_same_losses(runs):
+    """Cached (ZeRO-2) vs uncached (ZeRO-3, the frozen LLM's forward partitioned inside stage 2)."""
     cached, uncached = losses(runs["out"]["rerun"]), losses(runs["out"]["uncached"])
     assert len(cached) == len(uncached) == 3
     assert cached == pytest.approx(uncached, rel=1e-5, abs=1e-5)
     assert "hidden_cache" in runs["summary"]["rerun"] and "hidden_cache" not in runs["summary"]["uncached"]
+    assert runs["summary"]["uncached"]["zero_stage"] == 3
+    assert runs["summary"]["uncached"]["optimizer_state_params"] == runs["summary"]["rerun"]["optimizer_state_params"]
     # the losses move between steps, so equal losses compare real training, not a constant
     assert len({round(x, 4) for x in uncached}) == 3
 

@@ -123,10 +123,10 @@ def build_model(cfg: TrainConfig, ds: dict):
     return model, tok
 
 
-def build_data(cfg: TrainConfig, tokenizer, encoder_mode: str, ds_rate: int, log):
+def build_data(cfg: TrainConfig, tokenizer, encoder_mode: str, ds_rate: int, log, n_mels: int = 128):
     from omni_ds.train.data import build_dataset
-    train = build_dataset(cfg.train_manifest, tokenizer, cfg, encoder_mode, ds_rate, log)
-    val = build_dataset(cfg.val_manifest, tokenizer, cfg, encoder_mode, ds_rate, log) if cfg.val_manifest else None
+    train = build_dataset(cfg.train_manifest, tokenizer, cfg, encoder_mode, ds_rate, log, n_mels)
+    val = build_dataset(cfg.val_manifest, tokenizer, cfg, encoder_mode, ds_rate, log, n_mels) if cfg.val_manifest else None
     if val is not None and cfg.eval_max_samples:
         val.indices = val.indices[: cfg.eval_max_samples]
     if cfg.cache_in_memory:
@@ -165,6 +165,18 @@ def cache_settings(cfg: TrainConfig, model) -> dict:
             "max_speech_seconds": cfg.max_speech_seconds, "attn_implementation": cfg.attn_implementation}
 
 
+def _gathered_encoder(model, ds: dict):
+    """Under ZeRO-3, the Whisper encoder's parameters gathered for the cache build: the build calls
+    the model's response_hidden_states() outside the engine's forward, and the trimmed encoder
+    reads its position table directly (not through a submodule call, so ZeRO-3's hooks would not
+    gather it). The LLM runs through module calls and stays partitioned. A no-op otherwise."""
+    import contextlib
+    if zero_stage(ds) != 3:
+        return contextlib.nullcontext()
+    import deepspeed
+    return deepspeed.zero.GatheredParameters(list(model.speech_encoder.parameters()), modifier_rank=None)
+
+
 def attach_hidden_cache(engine, model, cfg: TrainConfig, ds: dict, train_set, val_set, collate,
                         rank: int, world: int, log):
     """Stage 2 with `cache_hidden_states`: the frozen LLM's response states of the train and val
@@ -190,8 +202,9 @@ def attach_hidden_cache(engine, model, cfg: TrainConfig, ds: dict, train_set, va
         base = data.dataset if isinstance(data, InMemory) else data       # the cache replaces RAM caching
         key = cache_key(Path(cfg.init_from), Path(manifest), settings)
         cache = HiddenStateCache(root, key, dtype=cfg.cache_dtype)
-        built = cache.build(engine.module, base, collate, cfg.per_device_eval_batch_size, engine.device,
-                            DTYPES[cfg.precision], rank, world)
+        with _gathered_encoder(engine.module, ds):
+            built = cache.build(engine.module, base, collate, cfg.per_device_eval_batch_size, engine.device,
+                                DTYPES[cfg.precision], rank, world)
         log(f"hidden-state cache ({name}): {'built' if built else 'reused'} {cache.dir} "
             f"({cache.disk_bytes() / 1e6:.2f} MB for {len(base)} samples)")
         info[name] = {"key": key, "dir": str(cache.dir), "built": built, "bytes": cache.disk_bytes(),
@@ -276,7 +289,8 @@ def setup(cfg: TrainConfig, ds_path: str) -> Run:
     # model, data, schedule
     model, tokenizer = build_model(cfg, ds)
     encoder_mode = model.omni_config.encoder_mode
-    train_set, val_set = build_data(cfg, tokenizer, encoder_mode, model.omni_config.speech_encoder_ds_rate, log)
+    train_set, val_set = build_data(cfg, tokenizer, encoder_mode, model.omni_config.speech_encoder_ds_rate, log,
+                                    model.speech_encoder.config.num_mel_bins)
     collate = OmniCollator(tokenizer.pad_token_id)
     sampler = DistributedBatchSampler(train_set.lengths, micro, world, rank, cfg.seed, mode=cfg.batching,
                                       grad_accum=gas, max_tokens=cfg.max_tokens_per_batch)
