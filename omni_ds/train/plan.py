@@ -134,6 +134,14 @@ def dry_run(cfg: TrainConfig, ds_path: str, ds_raw: dict, world_size: Optional[i
                 out(f"    bad record {b.id} (index {b.index}): {b.reason}")
             if report.bad and cfg.bad_records == "stop":
                 problems.append(f"{key}: {len(report.bad)} bad records and bad_records = 'stop'")
+            if cfg.stage == 2 and cfg.cache_hidden_states and len(report.good) and shape is not None:
+                # one state per supervised response token (the answer ids incl. its end-of-turn)
+                states = report.n_answer[report.good].clip(min=0).astype("int64")
+                per = 2 if cfg.cache_dtype == "bf16" else 4
+                disk = float(states.sum()) * shape.hidden_size * per
+                out(f"    hidden-state cache ({cfg.cache_dtype}): ~{states.mean():.0f} states x "
+                    f"{shape.hidden_size} x {per} B = {disk / len(states) / 1e6:.3f} MB/sample, "
+                    f"{disk / 1e9:.3f} GB under {cfg.cache_dir or Path(cfg.output_dir) / 'hidden_cache'}")
             if key == "train_manifest" and len(report.good):
                 lengths = report.lengths[report.good]
                 seq_len = int(lengths.max())
