@@ -66,7 +66,9 @@ class TrainConfig:
     cache_hidden_states: bool = False
     """Stage 2 only: compute the frozen LLM's response states of the train (and val) manifest once
     before training (rank-sharded, omni_ds.train.hidden_cache), then train the decoder on them
-    alone; reruns with the same model, manifest and settings reuse the cache."""
+    alone; reruns with the same model, manifest and settings reuse the cache. Built in batches of
+    per_device_eval_batch_size. After the build the frozen encoder, projector and LLM move to CPU
+    memory (ZeRO-0/1/2) or stay partitioned (ZeRO-3); training steps never run them."""
     cache_dir: Optional[str] = None
     """Where the hidden-state cache lives; None: output_dir/hidden_cache. Share it between runs."""
     cache_dtype: str = "bf16"
