@@ -3,8 +3,12 @@ frozen, in eval mode, without optimizer state). Starts from stage 1's final fold
 (`init_from`), or from the released LLaMA-Omni folder.
 
     deepspeed --num_gpus 4 launch/stage2.py --config launch/configs/stage2.json --ds ds_configs/zero2.json
+    deepspeed --num_gpus 2 launch/stage2.py --config DIR/stage2.json --ds ds_configs/zero2.json   # CPU demo
+    python launch/stage2.py --config ... --ds ... --dry-run [--world-size 4 --gpu L40]
 
-Same CLI, config keys and DeepSpeed machinery as launch/stage1.py (see its docstring).
+Same CLI, config keys and DeepSpeed machinery as launch/stage1.py (see its docstring). Stage-2
+keys: init_from (required), cache_hidden_states, cache_dir, cache_dtype (omni_ds/train/config.py).
+Validation logs the CTC loss and the unit edit distance of the decoder's greedy units.
 """
 import os
 import sys
