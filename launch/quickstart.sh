@@ -18,7 +18,7 @@ TIMES="$DEMO/quickstart_times.jsonl"
 port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 phase() {   # phase NAME CMD...: run, time, and stop with the phase's name on failure
     local name="$1"; shift
-    echo; echo "=== $name ==="
+    echo >&2; echo "=== $name ===" >&2
     local t0=$SECONDS
     if ! "$@"; then echo "quickstart: phase '$name' failed (see the output above)" >&2; exit 1; fi
     echo "{\"phase\": \"$name\", \"seconds\": $(( SECONDS - t0 ))}" >>"$TIMES"
@@ -36,8 +36,11 @@ for split in train val; do
 done
 phase "stage 2" "$BIN/deepspeed" --num_gpus 2 --master_port "$(port)" launch/stage2.py \
     --config "$DEMO/stage2.json" --ds ds_configs/zero2.json $(steps "${QUICKSTART_STAGE2_STEPS:-}")
-HELD_OUT="$("$PY" -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["speech_instruction_path"])' "$DEMO/val.jsonl")"
-phase "inference" "$PY" tools/infer.py --model "$DEMO/runs/stage2/final" --wav "$DEMO/$HELD_OUT" \
-    --max-new-tokens 40 --json --units-out "$DEMO/answer_units.txt" >"$DEMO/answer.json"
+first_clip() { "$PY" -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["speech_instruction_path"])' "$1"; }
+phase "inference (held-out clip)" "$PY" tools/infer.py --model "$DEMO/runs/stage2/final" \
+    --wav "$DEMO/$(first_clip "$DEMO/val.jsonl")" --max-new-tokens 40 --json --units-out "$DEMO/answer_units.txt" \
+    >"$DEMO/answer.json"
+phase "inference (training clip)" "$PY" tools/infer.py --model "$DEMO/runs/stage2/final" \
+    --wav "$DEMO/$(first_clip "$DEMO/train.jsonl")" --max-new-tokens 40 --json >"$DEMO/answer_train.json"
 
 "$PY" launch/quickstart_report.py "$DEMO"

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 def losses(run: Path) -> tuple[float, float, dict]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -15,6 +17,11 @@ def losses(run: Path) -> tuple[float, float, dict]:
     if summary.get("status") != "completed":
         raise SystemExit(f"{run}: run did not complete: {summary.get('status')} {summary.get('error')}")
     return train[0], train[-1], summary
+
+
+def unit_edit_distance(hyp: list[int], ref: list[int]) -> float:
+    from omni_ds.train.edit_distance import levenshtein
+    return levenshtein(hyp, ref) / max(1, len(ref))
 
 
 def main(demo: Path) -> int:
@@ -26,9 +33,14 @@ def main(demo: Path) -> int:
         val = "" if not evals else "; validation: " + ", ".join(
             f"{k} {v:.3f}" for k, v in evals[-1].items() if k != "step" and isinstance(v, float))
         print(f"stage {stage} ({what}): train loss {first:.3f} -> {last:.3f} over {summary['steps']} steps{val}")
+    trained = json.loads((demo / "answer_train.json").read_text())
+    seen = json.loads((demo / "train_units.jsonl").read_text().splitlines()[0])
+    distance = unit_edit_distance(trained["units"] or [], seen["units"])
+    print(f"training clip {seen['id']}: answer {trained['text']!r} (taught: {seen['text_response']!r}); "
+          f"{len(trained['units'] or [])} units, edit distance to its target units {distance:.2f}")
     answer = json.loads((demo / "answer.json").read_text())
     held_out = json.loads((demo / "val.jsonl").read_text().splitlines()[0])
-    print(f"held-out clip {held_out['id']}: \"{held_out['text_instruction']}\"")
+    print(f"held-out clip {held_out['id']} (never trained on; 16 training samples teach no generalisation):")
     print(f"  answer text: {answer['text']!r}")
     print(f"  units ({len(answer['units'] or [])}): {(answer['units'] or [])[:30]}"
           f"{' ...' if len(answer['units'] or []) > 30 else ''}  (also in answer_units.txt)")

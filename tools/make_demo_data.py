@@ -164,12 +164,10 @@ def build(out: Path, real_dir: Path = REAL_DIR, with_models: bool = True) -> dic
 
 
 def write_configs(out: Path) -> None:
-    """Ready training configs pointing at these files (DIR/stage1.json, and DIR/stage2.json when
-    the stage-2 recipe is available)."""
-    from omni_ds.train import demo
-    (out / "stage1.json").write_text(json.dumps(demo.demo_stage1_config(out), indent=1) + "\n")
-    if hasattr(demo, "demo_stage2_config"):
-        (out / "stage2.json").write_text(json.dumps(demo.demo_stage2_config(out), indent=1) + "\n")
+    """Ready training configs pointing at these files: DIR/stage1.json, DIR/stage2.json."""
+    from omni_ds.train.demo import demo_stage1_config, demo_stage2_config
+    (out / "stage1.json").write_text(json.dumps(demo_stage1_config(out), indent=1) + "\n")
+    (out / "stage2.json").write_text(json.dumps(demo_stage2_config(out), indent=1) + "\n")
 
 
 def main(argv=None) -> int:

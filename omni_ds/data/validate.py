@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -156,7 +157,8 @@ def _units_stats(manifest: Manifest):
 
 
 def _save_npz(path, **arrays):
-    tmp = path.with_name(path.name + ".tmp.npz")
+    # per-process temporary name: every rank of a launch may validate the same manifest at once
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)           # atomic: readers see the old or the new index, never half
 

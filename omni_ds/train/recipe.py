@@ -107,7 +107,9 @@ def build_model(cfg: TrainConfig, ds: dict):
                                       with_speech_generator=True if cfg.stage == 2 else None)
     else:
         try:
-            omni = OmniConfig(**cfg.omni)
+            # Stage 1 does not need the CTC decoder (425.6 M frozen parameters at full size):
+            # built only when asked for; stage 2 adds it to the stage-1 folder.
+            omni = OmniConfig(**{"with_speech_generator": cfg.stage == 2, **cfg.omni})
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config key 'omni' = {cfg.omni!r}: {e}") from None
         model, tok = build_from_parts(cfg.whisper_path, cfg.llm_path, omni, tokenizer_path=cfg.tokenizer_path,
