@@ -68,7 +68,18 @@ def main(argv=None, stage: int = 1) -> int:
         from omni_ds.train.plan import dry_run
         return dry_run(cfg, args.ds, ds_raw, args.world_size, args.gpu, args.gpu_memory_gib)
     summary = run(cfg, args.ds)
+    shutdown_distributed()
     return 0 if summary.get("status") == "completed" else 1
+
+
+def shutdown_distributed() -> None:
+    """Tear the process group down before the interpreter exits: left to interpreter shutdown,
+    gloo's background threads can outlive it and abort the process ("terminate called without
+    an active exception", seen after ZeRO-3 runs) although all work is saved."""
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 # ---- setup ------------------------------------------------------------------------------------------
