@@ -12,39 +12,25 @@ Global batch 2 everywhere, fp32, the same seed and data (10 real clips, 5 steps 
 validation on 2 clips at the end of each run.
 """
 import json
-import os
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from omni_ds.train.demo import demo_stage1_config, write_tiny_setup
+from launcher import DEEPSPEED, free_port, launcher_env
 
 REPO = Path(__file__).resolve().parents[1]
-DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))
 TIMEOUT = 420
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env():
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_SIZE"):
-        env.pop(k, None)
-    return env
 
 
 def launch(cfg_path, out, ds="zero2", n=2, *sets):
-    cmd = [DEEPSPEED, "--num_gpus", str(n), "--master_port", str(_port()), "launch/stage1.py",
+    cmd = [DEEPSPEED, "--num_gpus", str(n), "--master_port", str(free_port()), "launch/stage1.py",
            "--config", str(cfg_path), "--ds", f"ds_configs/{ds}.json", "--set", f"output_dir={out}", *sets]
-    return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    return subprocess.run(cmd, cwd=REPO, env=launcher_env(), capture_output=True, text=True, timeout=TIMEOUT)
 
 
 def losses(out, key="train/loss") -> list[float]:
@@ -80,12 +66,12 @@ def runs(tmp_path_factory):
     # two nodes on one machine: one launcher per node, no ssh
     hostfile = root / "hostfile"
     hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
-    port = str(_port())
+    port = str(free_port())
     procs = [subprocess.Popen([DEEPSPEED, "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(i),
                                "--master_addr", "127.0.0.1", "--master_port", port, "launch/stage1.py",
                                "--config", str(cfg_path), "--ds", "ds_configs/zero2.json",
                                "--set", f"output_dir={out['two_node']}"],
-                              cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              cwd=REPO, env=launcher_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in (0, 1)]
     r["two_node_logs"] = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
     r["two_node_rc"] = [p.returncode for p in procs]

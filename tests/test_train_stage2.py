@@ -13,41 +13,27 @@ Runs, shared by the tests of this module (all 2 ranks, fp32, global batch 4, ZeR
               with one unit changed (new val cache)
 """
 import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from omni_ds.train.demo import demo_stage2_config, write_tiny_setup
+from launcher import DEEPSPEED, free_port, launcher_env
 
 REPO = Path(__file__).resolve().parents[1]
-DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))
 TIMEOUT = 420
 STEPS = 400
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env():
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_SIZE"):
-        env.pop(k, None)
-    return env
 
 
 def launch(cfg: dict, path: Path, n: int = 2, ds: str = "zero2"):
     path.write_text(json.dumps(cfg))
-    cmd = [DEEPSPEED, "--num_gpus", str(n), "--master_port", str(_port()), "launch/stage2.py",
+    cmd = [DEEPSPEED, "--num_gpus", str(n), "--master_port", str(free_port()), "launch/stage2.py",
            "--config", str(path), "--ds", f"ds_configs/{ds}.json"]
-    p = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    p = subprocess.run(cmd, cwd=REPO, env=launcher_env(), capture_output=True, text=True, timeout=TIMEOUT)
     assert p.returncode == 0, f"{path.name} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     return json.loads((Path(cfg["output_dir"]) / "summary.json").read_text())
 

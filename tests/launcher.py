@@ -1,0 +1,22 @@
+"""Helpers for tests that start real DeepSpeed launches (shared by the multi-process tests)."""
+import os
+import socket
+import sys
+from pathlib import Path
+
+DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))
+
+
+def free_port() -> int:
+    """A free rendezvous port: a stale process may hold DeepSpeed's default 29500."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launcher_env() -> dict:
+    """This environment, offline, without the rank variables of any enclosing launch."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_SIZE"):
+        env.pop(k, None)
+    return env
