@@ -7,6 +7,13 @@ from safetensors.torch import save_file
 from omni_ds.model.checkpoint import omni_state_dict
 
 
+def openai_dims(config) -> dict:
+    """The encoder half of openai-whisper's ModelDimensions for a WhisperConfig."""
+    return {"n_mels": config.num_mel_bins, "n_audio_ctx": config.max_source_positions,
+            "n_audio_state": config.d_model, "n_audio_head": config.encoder_attention_heads,
+            "n_audio_layer": config.encoder_layers}
+
+
 def write_released_layout(model, tok, folder, encoder_inline: bool, encoder_pt=None):
     """A folder exactly as ICTNLP/Llama-3.1-8B-Omni ships it: released config keys only (no
     omni_ds block), sharded safetensors with LLaMA-Omni names, the encoder either inline or as an
@@ -14,15 +21,17 @@ def write_released_layout(model, tok, folder, encoder_inline: bool, encoder_pt=N
     folder.mkdir()
     state = omni_state_dict(model.state_dict())
     enc = {k: v for k, v in state.items() if k.startswith("model.speech_encoder.")}
+    # The openai-whisper checkpoint config['speech_encoder'] names is always there (the official
+    # loader builds the encoder from it, then loads inline weights, if any, over it).
+    (folder / "models" / "speech_encoder").mkdir(parents=True)
+    target = folder / "models" / "speech_encoder" / "large-v3.pt"
+    if encoder_pt is not None:      # a real openai-whisper checkpoint
+        target.write_bytes(encoder_pt.read_bytes())
+    else:
+        torch.save({"dims": openai_dims(model.speech_encoder.config), "model_state_dict":
+                    {"encoder." + k[len("model.speech_encoder."):]: v for k, v in enc.items()}}, target)
     if not encoder_inline:
         state = {k: v for k, v in state.items() if k not in enc}
-        (folder / "models" / "speech_encoder").mkdir(parents=True)
-        target = folder / "models" / "speech_encoder" / "large-v3.pt"
-        if encoder_pt is not None:      # a real openai-whisper checkpoint
-            target.write_bytes(encoder_pt.read_bytes())
-        else:
-            torch.save({"dims": {"n_mels": 128}, "model_state_dict":
-                        {"encoder." + k[len("model.speech_encoder."):]: v for k, v in enc.items()}}, target)
     names = sorted(state)
     half = len(names) // 2
     weight_map = {}

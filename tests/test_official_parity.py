@@ -32,13 +32,19 @@ def official_prompt_ids(tokenizer):
     return tokenizer(first).input_ids + [SPEECH_TOKEN_INDEX] + tokenizer(second).input_ids[1:]
 
 
-@pytest.fixture(scope="module")
-def released(tiny_parts, tmp_path_factory):
+# (encoder width, heads): head width 64 as in every published Whisper, and 16, which a rule of
+# thumb (heads = width / 64) would get wrong: the dims must come from the checkpoint.
+ENCODERS = {"head64": (128, 2), "head16": (64, 4)}
+
+
+@pytest.fixture(scope="module", params=sorted(ENCODERS))
+def released(request, tiny_parts, tmp_path_factory):
     tok, _, llm = tiny_parts
     root = tmp_path_factory.mktemp("released")
-    dims = whisper.model.ModelDimensions(n_mels=128, n_audio_ctx=1500, n_audio_state=128, n_audio_head=2,
-                                         n_audio_layer=2, n_vocab=51866, n_text_ctx=16, n_text_state=128,
-                                         n_text_head=2, n_text_layer=1)
+    width, heads = ENCODERS[request.param]
+    dims = whisper.model.ModelDimensions(n_mels=128, n_audio_ctx=1500, n_audio_state=width, n_audio_head=heads,
+                                         n_audio_layer=2, n_vocab=51866, n_text_ctx=16, n_text_state=width,
+                                         n_text_head=heads, n_text_layer=1)
     torch.manual_seed(0)
     ow = whisper.model.Whisper(dims)
     pt = root / "large-v3.pt"
@@ -83,9 +89,11 @@ def official_answer(official, tokenizer, wav, max_new_tokens):
 
 
 def test_released_folder_matches_official_inference(released, official, real_clips):
-    folder, _ = released
+    folder, pt = released
     model, tokenizer = load_omni_folder(folder)
     assert model.omni_config.encoder_mode == "padded"
+    dims = torch.load(pt, weights_only=True)["dims"]
+    assert model.speech_encoder.config.encoder_attention_heads == dims["n_audio_head"]
     for wav in real_clips[:3]:
         ours = answer(model, tokenizer, wav, max_new_tokens=8, double_bos=True)
         tokens, units, mel, feats = official_answer(official, tokenizer, wav, 8)
@@ -108,3 +116,51 @@ def test_single_bos_by_default(released, real_clips):
     official = official_prompt_ids(tokenizer)
     assert official[:2] == [tokenizer.bos_token_id] * 2 and ids.count(tokenizer.bos_token_id) == 1
     assert official[1:] == ids
+
+
+def _teacher_forced(tokenizer, answer_text):
+    """The official training sample: double-BOS prompt + answer + <|eot_id|>, labels on the answer."""
+    from omni_ds.constants import IGNORE_INDEX
+    prompt = official_prompt_ids(tokenizer)
+    answer_ids = tokenizer(answer_text, add_special_tokens=False).input_ids + [
+        tokenizer.convert_tokens_to_ids("<|eot_id|>")]
+    ids = torch.tensor([prompt + answer_ids])
+    labels = torch.tensor([[IGNORE_INDEX] * len(prompt) + answer_ids])
+    return ids, labels
+
+
+@torch.no_grad()
+def test_released_folder_losses_match_official(released, official, real_clips):
+    """Stage-1 text loss and stage-2 CTC loss (ctc_hidden_source "at_token", as the official
+    training forward takes them) on the official pipeline's features equal ours."""
+    import torch.nn.functional as F
+    from omni_ds.constants import IGNORE_INDEX
+    from omni_ds.data.audio import log_mel
+    folder, _ = released
+    encoder, _, llm = official
+    model, tokenizer = load_omni_folder(folder, omni_overrides={"ctc_hidden_source": "at_token"})
+    ids, labels = _teacher_forced(tokenizer, "Paris is in France.")
+    mel, _ = log_mel(load_audio(real_clips[1]), mode="padded")
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+             "speech_mel": mel[None], "speech_frames": torch.tensor([3000]),
+             "units": torch.tensor([[5, 9, 3, 7, 1, 2, 8, 4, 6, 0, 11, 12]])}
+    model.set_stage(1)
+    ours_text = model(**batch)["loss"]
+    model.set_stage(2)
+    ours_ctc = model(**batch)["loss"]
+
+    feats = encoder(whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(load_audio(real_clips[1]))),
+                                                n_mels=128)[None])
+    b, t, d = feats.shape
+    proj = model.speech_projector
+    speech = proj.linear2(torch.relu(proj.linear1(feats[:, : t - t % 5].reshape(b, t // 5, d * 5))))
+    p = int((ids[0] == SPEECH_TOKEN_INDEX).nonzero())
+    emb = llm.get_input_embeddings()
+    embeds = torch.cat([emb(ids[0, :p]), speech[0], emb(ids[0, p + 1:])])[None]
+    full_labels = torch.cat([labels[0, :p], torch.full((speech.shape[1],), IGNORE_INDEX), labels[0, p + 1:]])
+    out = llm(inputs_embeds=embeds, output_hidden_states=True)
+    official_text = F.cross_entropy(out.logits[0, :-1].float(), full_labels[1:], ignore_index=IGNORE_INDEX)
+    states = out.hidden_states[-1][0][full_labels.ne(IGNORE_INDEX)]
+    ctc_sum, n = model.speech_generator.ctc_loss_sum(states[None], torch.tensor([states.shape[0]]), batch["units"])
+    torch.testing.assert_close(ours_text, official_text, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours_ctc, ctc_sum / n * model.omni_config.ctc_loss_weight, rtol=1e-4, atol=1e-4)

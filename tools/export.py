@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from omni_ds.model.checkpoint import save_omni_folder
+    from omni_ds.precision import torch_dtype
     from omni_ds.train.config import build_config
     from omni_ds.train.recipe import build_model
 
@@ -50,7 +51,8 @@ def main(argv=None) -> int:
     cfg = build_config(state["config"], source=f"{ckpt}/omni_ds_state.json")
     print(f"export: {ckpt} (stage {cfg.stage}, step {state['step']}) -> {args.out}")
     full = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
-    model, tokenizer = build_model(cfg, {})          # skeleton + tokenizer from the run's config
+    # skeleton + tokenizer from the run's config, in fp32: the checkpoint's masters are fp32
+    model, tokenizer = build_model(cfg, {}, dtype=torch.float32)
     own = model.state_dict()
     missing = sorted(set(own) - set(full))
     unexpected = sorted(set(full) - set(own))
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
                          f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                          f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
     model.load_state_dict({k: v.contiguous() for k, v in full.items()}, strict=True)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = torch_dtype(args.dtype)
     out = save_omni_folder(args.out, model, tokenizer, metadata={
         "exported_from": str(ckpt), "step": state["step"], "stage": cfg.stage, "loss": state.get("loss"),
         "config": state["config"]}, dtype=dtype)

@@ -26,9 +26,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Whispe
 from transformers import logging as hf_logging
 
 from omni_ds.model.omni_config import OmniConfig
+from omni_ds.precision import cast_parameters
 from omni_ds.model.omni_model import OmniSpeechModel
-from omni_ds.model.speech_encoder import (hf_to_openai_name, openai_to_hf_name,
-                                          whisper_config_from_openai_state)
+from omni_ds.model.speech_encoder import hf_to_openai_name, openai_to_hf_name
+from omni_ds.model.whisper_dims import (WhisperDimsError, check_against_weights, config_from_openai_checkpoint,
+                                        config_from_published_size, config_from_saved, saved_dims)
 
 log = logging.getLogger(__name__)
 MAX_SHARD_BYTES = 5 * 1024**3
@@ -155,7 +157,8 @@ def write_safetensors(state: dict[str, torch.Tensor], folder: Path, max_shard_by
 # ---- the speech encoder ---------------------------------------------------------------------------------
 def load_whisper_encoder_weights(path: str | Path) -> tuple[WhisperConfig, dict[str, torch.Tensor]]:
     """Encoder config + weights (transformers' encoder names) from an HF Whisper folder or an
-    openai-whisper checkpoint (.pt, e.g. large-v3.pt as the official code loads)."""
+    openai-whisper checkpoint (.pt, e.g. large-v3.pt as the official code loads). The dimensions
+    come from the folder's config or the checkpoint's `dims`, checked against the weights."""
     path = Path(path)
     if path.is_dir():
         config = WhisperConfig.from_pretrained(str(path))
@@ -164,21 +167,42 @@ def load_whisper_encoder_weights(path: str | Path) -> tuple[WhisperConfig, dict[
             raise FileNotFoundError(f"{path}: no Whisper encoder weights (model.encoder.* / encoder.*) "
                                     "in its safetensors files")
         state = {n.split("encoder.", 1)[1]: t for n, t in state.items()}
+        check_against_weights(config, {hf_to_openai_name(n): t for n, t in state.items()}, f"{path}/config.json")
         return config, state
     if path.suffix == ".pt":
-        # openai-whisper checkpoints are plain dicts of tensors: weights_only loading suffices.
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-        raw = {n[len("encoder."):]: t for n, t in ckpt["model_state_dict"].items() if n.startswith("encoder.")}
-        config = whisper_config_from_openai_state(raw)
+        dims, raw = _read_openai_checkpoint(path)
+        config = config_from_openai_checkpoint(dims, raw, str(path))
         return config, {openai_to_hf_name(n): t for n, t in raw.items()}
     raise FileNotFoundError(f"speech encoder {path}: expected a Hugging Face Whisper folder or an "
                             "openai-whisper .pt checkpoint")
 
 
-def _whisper_config_to_dict(config: WhisperConfig) -> dict[str, Any]:
-    keys = ("num_mel_bins", "d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim",
-            "max_source_positions", "activation_function")
-    return {k: getattr(config, k) for k in keys}
+def _read_openai_checkpoint(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
+    """(dims, encoder weights under openai-whisper names) of an openai-whisper checkpoint.
+    They are plain dicts of tensors: weights_only loading suffices; mmap avoids reading the
+    decoder half of large-v3.pt into memory."""
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(ckpt, dict) or "model_state_dict" not in ckpt:
+        raise ValueError(f"{path}: not an openai-whisper checkpoint (no 'model_state_dict')")
+    raw = {n[len("encoder."):]: t for n, t in ckpt["model_state_dict"].items() if n.startswith("encoder.")}
+    return ckpt.get("dims"), raw
+
+
+def _inline_encoder_config(folder: Path, raw_config: dict, state: dict[str, torch.Tensor]) -> WhisperConfig:
+    """Dimensions of an encoder stored inside a LLaMA-Omni folder: the omni_ds block when we wrote
+    the folder; else the openai-whisper checkpoint config['speech_encoder'] names, as the official
+    loader builds the encoder from it; else the published Whisper size these weights match."""
+    source = f"{folder}/config.json"
+    ours = raw_config.get("omni_ds", {})
+    if "speech_encoder_config" in ours:
+        return config_from_saved(ours["speech_encoder_config"], state, f"{source} (omni_ds.speech_encoder_config)")
+    try:
+        pt = _resolve(folder, raw_config.get("speech_encoder"))
+    except FileNotFoundError:
+        pt = None
+    if pt is not None and pt.suffix == ".pt":
+        return config_from_openai_checkpoint(_read_openai_checkpoint(pt)[0], state, str(pt))
+    return config_from_published_size(state, source)
 
 
 # ---- public API ----------------------------------------------------------------------------------------------
@@ -195,7 +219,7 @@ def build_from_parts(whisper_path: str | Path, llm_path: str | Path, omni_config
     omni_config = omni_config.replace(speech_encoder=str(whisper_path))
     with zero_init or nullcontext():
         model = OmniSpeechModel(omni_config, whisper_config, llm)
-    model.to(dtype)
+    cast_parameters(model, dtype)
     load_into(model.speech_encoder.encoder, enc_state, f"speech encoder from {whisper_path}")
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path or llm_path))
     _ensure_pad_token(tokenizer)
@@ -261,18 +285,18 @@ def load_omni_folder(path: str | Path, dtype: torch.dtype = torch.float32,
 
     enc_state = read_tensors(path, lambda n: n.startswith(_ENCODER_RELEASED))
     if enc_state:
-        enc_state = {openai_to_hf_name(n[len(_ENCODER_RELEASED):]): t for n, t in enc_state.items()}
-        whisper_config = (WhisperConfig(**ours["speech_encoder_config"]) if "speech_encoder_config" in ours
-                          else whisper_config_from_openai_state(
-                              {hf_to_openai_name(n): t for n, t in enc_state.items()}))
+        openai_named = {n[len(_ENCODER_RELEASED):]: t for n, t in enc_state.items()}
+        whisper_config = _inline_encoder_config(path, raw, openai_named)
+        enc_state = {openai_to_hf_name(n): t for n, t in openai_named.items()}
     else:
         # The official loader rebuilds the encoder from config["speech_encoder"] (large-v3.pt).
         enc_path = _resolve(path, raw.get("speech_encoder"))
         whisper_config, enc_state = load_whisper_encoder_weights(enc_path)
+    _check_stated_width(raw, whisper_config, path)
 
     with zero_init or nullcontext():
         model = OmniSpeechModel(omni_config, whisper_config, llm)
-    model.to(dtype)
+    cast_parameters(model, dtype)
     load_into(model.speech_encoder.encoder, enc_state, f"{path}: model.speech_encoder")
     proj = read_tensors(path, lambda n: n.startswith("model.speech_projector."))
     load_into(model.speech_projector, {n[len("model.speech_projector."):]: t for n, t in proj.items()},
@@ -287,6 +311,13 @@ def load_omni_folder(path: str | Path, dtype: torch.dtype = torch.float32,
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     _ensure_pad_token(tokenizer)
     return model, tokenizer
+
+
+def _check_stated_width(raw_config: dict, whisper_config: WhisperConfig, folder: Path) -> None:
+    stated = raw_config.get("speech_encoder_hidden_size")
+    if stated is not None and stated != whisper_config.d_model:
+        raise WhisperDimsError(f"{folder}/config.json: speech_encoder_hidden_size = {stated} but the "
+                               f"speech encoder is {whisper_config.d_model} wide")
 
 
 def _resolve(folder: Path, ref: Optional[str]) -> Path:
@@ -345,7 +376,7 @@ def omni_config_json(model: OmniSpeechModel) -> dict[str, Any]:
         out["model_type"] = "omni_speech_llama" if llama else f"omni_speech_{llm_cfg['model_type']}"
         out["architectures"] = ["OmniSpeechLlamaForCausalLM"] if llama else out.get("architectures")
     out["omni_ds"] = dict(cfg.to_omni_ds_keys(), llm_model_type=llm_cfg["model_type"],
-                          speech_encoder_config=_whisper_config_to_dict(enc_cfg))
+                          speech_encoder_config=saved_dims(enc_cfg))
     return out
 
 

@@ -104,16 +104,3 @@ def hf_to_openai_name(name: str) -> str:
 
 def openai_to_hf_name(name: str) -> str:
     return _rename(name, _TO_HF, ("positional_embedding", "embed_positions.weight"))
-
-
-def whisper_config_from_openai_state(state: dict[str, torch.Tensor]) -> WhisperConfig:
-    """Encoder dimensions read off openai-whisper weights (head width is 64 in every Whisper)."""
-    width = state["conv1.weight"].shape[0]
-    n_mels = state["conv1.weight"].shape[1]
-    n_layers = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-    return WhisperConfig(
-        num_mel_bins=n_mels, d_model=width, encoder_layers=n_layers,
-        encoder_attention_heads=width // 64, encoder_ffn_dim=state["blocks.0.mlp.0.weight"].shape[0],
-        max_source_positions=state["positional_embedding"].shape[0],
-        decoder_layers=1, decoder_attention_heads=max(1, width // 64), decoder_ffn_dim=4 * width,
-    )

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 import torch
 import torch.distributed as dist
 
+from omni_ds.precision import torch_dtype
 from omni_ds.train.data import StepStream, count_targets
 
 
@@ -68,7 +69,7 @@ def fit(engine, stream: StepStream, cfg, state: LoopState, total_steps: int, *, 
         evaluate: Optional[Callable[[], dict]] = None, trace=None) -> LoopState:
     world = dist.get_world_size() if dist.is_initialized() else 1
     device = engine.device
-    float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.precision]
+    float_dtype = torch_dtype(cfg.precision)
     engine.train()
 
     while state.step < total_steps:
@@ -170,7 +171,7 @@ def evaluate_loss(engine, batches_per_rank: list[dict], n_batches: int, fallback
     repeats one and discards its result."""
     engine.eval()
     device = engine.device
-    float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.precision]
+    float_dtype = torch_dtype(cfg.precision)
     total, count = 0.0, 0.0
     for i in range(n_batches):
         real = i < len(batches_per_rank)
@@ -195,7 +196,7 @@ def evaluate_units(engine, batches_per_rank: list[dict], n_batches: int, fallbac
     engine.eval()
     module = engine.module
     device = engine.device
-    float_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[cfg.precision]
+    float_dtype = torch_dtype(cfg.precision)
     total, count, edits, n_samples = 0.0, 0.0, 0.0, 0.0
     for i in range(n_batches):
         real = i < len(batches_per_rank)

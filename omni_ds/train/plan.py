@@ -43,7 +43,15 @@ def _whisper_dims(cfg: TrainConfig, omni_raw: Optional[dict]) -> dict:
         w = omni_raw["omni_ds"]["speech_encoder_config"]
         return {k: w[k] for k in ("d_model", "encoder_layers", "encoder_ffn_dim", "num_mel_bins",
                                   "max_source_positions")}
-    return dict(mem.WHISPER_LARGE_V3)      # an openai-whisper .pt encoder: large-v3 dims
+    pt = Path(cfg.whisper_path) if cfg.whisper_path else None
+    if pt is not None and pt.suffix == ".pt" and pt.is_file():
+        # openai-whisper checkpoints state their dims; mmap reads no weights
+        d = torch.load(str(pt), map_location="cpu", weights_only=True, mmap=True).get("dims") or {}
+        if all(k in d for k in ("n_audio_state", "n_audio_layer", "n_mels", "n_audio_ctx")):
+            return {"d_model": d["n_audio_state"], "encoder_layers": d["n_audio_layer"],
+                    "encoder_ffn_dim": 4 * d["n_audio_state"], "num_mel_bins": d["n_mels"],
+                    "max_source_positions": d["n_audio_ctx"]}
+    return dict(mem.WHISPER_LARGE_V3)      # no readable dims (e.g. a released folder's .pt): large-v3
 
 
 def model_shape(cfg: TrainConfig) -> tuple[mem.ModelShape, int]:

@@ -20,11 +20,11 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from omni_ds.precision import torch_dtype
 from omni_ds.train.config import ConfigError, TrainConfig, load_config
 from omni_ds.train.ds_config import (load_ds_config, offload_optimizer, offload_params, read_ds_config,
                                      zero_stage)
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 # ---- CLI --------------------------------------------------------------------------------------------
@@ -97,11 +97,13 @@ def llm_hidden_size(cfg: TrainConfig) -> Optional[int]:
         return None
 
 
-def build_model(cfg: TrainConfig, ds: dict):
-    """Model + tokenizer in fp32 (DeepSpeed casts to bf16/fp16 and keeps fp32 masters).
-    Under ZeRO-3 the parameters are partitioned while they are created and loaded."""
+def build_model(cfg: TrainConfig, ds: dict, dtype: Optional[torch.dtype] = None):
+    """Model + tokenizer, every parameter in the training precision (omni_ds.precision: DeepSpeed
+    keeps fp32 masters of the trainable ones), or in `dtype` (export reads fp32 masters into fp32).
+    Under ZeRO-3 the LLM is partitioned while it loads."""
     from omni_ds.model.checkpoint import build_from_parts, load_omni_folder
     from omni_ds.model.omni_config import OmniConfig
+    dtype = dtype or torch_dtype(cfg.precision)
     zero_init, keep = None, None
     if zero_stage(ds) == 3:
         import deepspeed
@@ -113,7 +115,7 @@ def build_model(cfg: TrainConfig, ds: dict):
         zero_init = None
     if cfg.init_from:
         # stage 2: a stage-1 folder without a decoder gets a freshly initialised one (seeded)
-        model, tok = load_omni_folder(cfg.init_from, dtype=torch.float32, omni_overrides=cfg.omni or None,
+        model, tok = load_omni_folder(cfg.init_from, dtype=dtype, omni_overrides=cfg.omni or None,
                                       attn_implementation=cfg.attn_implementation, zero_init=zero_init,
                                       with_speech_generator=True if cfg.stage == 2 else None)
     else:
@@ -124,7 +126,7 @@ def build_model(cfg: TrainConfig, ds: dict):
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config key 'omni' = {cfg.omni!r}: {e}") from None
         model, tok = build_from_parts(cfg.whisper_path, cfg.llm_path, omni, tokenizer_path=cfg.tokenizer_path,
-                                      dtype=torch.float32, attn_implementation=cfg.attn_implementation,
+                                      dtype=dtype, attn_implementation=cfg.attn_implementation,
                                       zero_init=zero_init)
     model._omni_ds_hf_ds_config = keep
     model.set_stage(cfg.stage, freeze_backbone=cfg.freeze_backbone)
@@ -133,7 +135,18 @@ def build_model(cfg: TrainConfig, ds: dict):
             raise RuntimeError(f"{name}: the Whisper encoder must stay frozen")
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    check_parameter_dtypes(model, dtype)
     return model, tok
+
+
+def check_parameter_dtypes(model, dtype: torch.dtype) -> None:
+    """Every parameter in the engine's dtype before deepspeed.initialize sees it: a mixture fails
+    deep inside ZeRO-3 (an assert in its flat-buffer defragment) or trains a part in another dtype."""
+    from omni_ds.precision import parameter_dtypes
+    want = str(dtype).replace("torch.", "")
+    off = {part: sorted(d) for part, d in parameter_dtypes(model).items() if d != {want}}
+    if off:
+        raise RuntimeError(f"model parameters are not all {want} before the engine starts: {off}")
 
 
 def build_data(cfg: TrainConfig, tokenizer, encoder_mode: str, ds_rate: int, log, n_mels: int = 128):
@@ -217,7 +230,7 @@ def attach_hidden_cache(engine, model, cfg: TrainConfig, ds: dict, train_set, va
         cache = HiddenStateCache(root, key, dtype=cfg.cache_dtype)
         with _gathered_encoder(engine.module, ds):
             built = cache.build(engine.module, base, collate, cfg.per_device_eval_batch_size, engine.device,
-                                DTYPES[cfg.precision], rank, world)
+                                torch_dtype(cfg.precision), rank, world)
         log(f"hidden-state cache ({name}): {'built' if built else 'reused'} {cache.dir} "
             f"({cache.disk_bytes() / 1e6:.2f} MB for {len(base)} samples)")
         info[name] = {"key": key, "dir": str(cache.dir), "built": built, "bytes": cache.disk_bytes(),
