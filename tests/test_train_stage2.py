@@ -21,6 +21,7 @@ import torch
 
 from omni_ds.train.demo import demo_stage2_config, write_tiny_setup
 from launcher import DEEPSPEED, free_port, launcher_env
+from train_fixtures import write_stage2_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 420
@@ -41,24 +42,6 @@ def launch(cfg: dict, path: Path, n: int = 2, ds: str = "zero2"):
 def losses(out: Path) -> list[float]:
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     return [r["train/loss"] for r in rows if "train/loss" in r]
-
-
-def write_stage2_inputs(root: Path) -> Path:
-    from omni_ds.model.checkpoint import build_from_parts, save_omni_folder
-    from omni_ds.tiny.models import tiny_omni_config
-    d = write_tiny_setup(root, n_clips=8, val_clips=2)
-    g = torch.Generator().manual_seed(0)
-    rows = [json.loads(line) for line in open(d / "train.jsonl")]
-    for r in rows:
-        r["speech_response_path"] = r["speech_instruction_path"]
-        r["units"] = torch.randint(0, 1000, (int(torch.randint(20, 40, (1,), generator=g)),), generator=g).tolist()
-    (d / "train_units.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (d / "val_units.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
-    torch.manual_seed(0)
-    model, tok = build_from_parts(d / "models" / "whisper", d / "models" / "llm",
-                                  tiny_omni_config(encoder_mode="trimmed", with_speech_generator=False))
-    save_omni_folder(d / "runs" / "stage1" / "final", model, tok)
-    return d
 
 
 @pytest.fixture(scope="module")

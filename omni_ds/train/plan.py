@@ -183,30 +183,71 @@ def dry_run(cfg: TrainConfig, ds_path: str, ds_raw: dict, world_size: Optional[i
     # memory
     fits = True
     if shape is not None:
-        gpu_mem = gpu_gib or (mem.GPU_MEMORY_GIB.get(gpu.upper()) if gpu else None)
-        if gpu and gpu_mem is None:
-            problems.append(f"--gpu {gpu!r}: unknown; known: {sorted(mem.GPU_MEMORY_GIB)} (or give --gpu-memory-gib)")
-        name = gpu or "GPU"
-        if gpu_mem is None and torch.cuda.is_available():
-            gpu_mem = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
-            name = torch.cuda.get_device_name(0)
-        plan = mem.estimate(shape, cfg.stage, zero_stage(ds), world, micro, seq_len, cfg.gradient_checkpointing,
-                            cfg.precision, offload_optimizer(ds), offload_params(ds), cfg.freeze_backbone)
-        out(f"  memory per GPU (sequence {seq_len} LLM positions): {plan.describe()}")
-        out(f"  {mem.verdict(plan, gpu_mem, name)}")
-        if gpu_mem is not None and plan.total_gib > gpu_mem:
-            fits = False
-            alts = mem.alternatives(shape, cfg.stage, world, micro, seq_len, cfg.precision, gpu_mem,
-                                    cfg.freeze_backbone)
-            if alts:
-                out("  what fits instead:")
-                for a in alts:
-                    out(f"    - {a.describe().splitlines()[0]}: {a.total_gib:.1f} GiB "
-                        f"(ds_configs/{'zero3_offload.json' if a.offload_params else 'zero2_offload.json' if a.zero_stage == 2 and a.offload_optimizer else 'zero3.json + offload_optimizer' if a.offload_optimizer else 'zero3.json' if a.zero_stage == 3 else 'zero2.json'}{'' if not a.gradient_checkpointing else ', gradient_checkpointing true'})")
-            else:
-                out("  nothing fits at this micro batch on this many GPUs: add GPUs or lower the micro batch")
+        gpu_mem, name = device_memory(gpu, gpu_gib, problems)
+        fits = memory_report(cfg, ds, shape, world, micro, seq_len, gpu_mem, name, out)
     for p in problems:
         out(f"  ERROR {p}")
     ok = not problems and fits
     out("dry run: OK" if ok else "dry run: NOT READY")
     return 0 if ok else 1
+
+
+def device_memory(gpu: Optional[str], gpu_gib: Optional[float], problems: list) -> tuple[Optional[float], str]:
+    """(GiB, name) of the device to plan for: --gpu-memory-gib, --gpu NAME, else the CUDA device
+    at hand, else (None, "GPU"): no comparison possible."""
+    gpu_mem = gpu_gib or (mem.GPU_MEMORY_GIB.get(gpu.upper()) if gpu else None)
+    if gpu and gpu_mem is None:
+        problems.append(f"--gpu {gpu!r}: unknown; known: {sorted(mem.GPU_MEMORY_GIB)} (or give --gpu-memory-gib)")
+    name = gpu or "GPU"
+    if gpu_mem is None and torch.cuda.is_available():
+        gpu_mem = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
+        name = torch.cuda.get_device_name(0)
+    return gpu_mem, name
+
+
+def _ds_config_for(plan) -> str:
+    if plan.offload_params:
+        name = "zero3_offload.json"
+    elif plan.zero_stage == 2:
+        name = "zero2_offload.json" if plan.offload_optimizer else "zero2.json"
+    else:
+        name = "zero3.json + offload_optimizer" if plan.offload_optimizer else "zero3.json"
+    return f"ds_configs/{name}" + (", gradient_checkpointing true" if plan.gradient_checkpointing else "")
+
+
+def memory_report(cfg: TrainConfig, ds: dict, shape, world: int, micro: int, seq_len: int,
+                  gpu_mem: Optional[float], name: str, out=print) -> bool:
+    """Print the per-GPU memory estimate, the verdict and, when it does not fit, what fits
+    instead; True when it fits (or nothing is known to compare with)."""
+    plan = mem.estimate(shape, cfg.stage, zero_stage(ds), world, micro, seq_len, cfg.gradient_checkpointing,
+                        cfg.precision, offload_optimizer(ds), offload_params(ds), cfg.freeze_backbone)
+    out(f"  memory per GPU (sequence {seq_len} LLM positions): {plan.describe()}")
+    out(f"  {mem.verdict(plan, gpu_mem, name)}")
+    if gpu_mem is None or plan.total_gib <= gpu_mem:
+        return True
+    alts = mem.alternatives(shape, cfg.stage, world, micro, seq_len, cfg.precision, gpu_mem, cfg.freeze_backbone)
+    if alts:
+        out("  what fits instead:")
+        for a in alts:
+            out(f"    - {a.describe().splitlines()[0]}: {a.total_gib:.1f} GiB ({_ds_config_for(a)})")
+    else:
+        out("  nothing fits at this micro batch on this many GPUs: add GPUs or lower the micro batch")
+    return False
+
+
+def run_memory_check(cfg: TrainConfig, ds: dict, shape, world: int, micro: int, longest: int,
+                     gpu: Optional[str], gpu_gib: Optional[float], out=print) -> Optional[bool]:
+    """The dry run's memory verdict at the start of a real run (rank 0), against the device at
+    hand or --gpu / --gpu-memory-gib: a recipe that will not fit is named before it runs out of
+    memory minutes in. It warns, not refuses: the estimate is a model. `shape`: model_shape(cfg),
+    taken before the model is built (under ZeRO-3, transformers would partition even the
+    meta-device instance). None: nothing to compare."""
+    gpu_mem, name = device_memory(gpu, gpu_gib, [])
+    if gpu_mem is None or shape is None:
+        out("  memory check: no CUDA device and no --gpu / --gpu-memory-gib: skipped")
+        return None
+    fits = memory_report(cfg, ds, shape, world, micro, longest, gpu_mem, name, out)
+    if not fits:
+        out(f"  WARNING: by this estimate the run does not fit {name}; it goes on, but expect an "
+            "out-of-memory error: change the recipe as listed above")
+    return fits

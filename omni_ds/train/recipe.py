@@ -27,6 +27,10 @@ from omni_ds.train.ds_config import (load_ds_config, offload_optimizer, offload_
 
 
 
+REPO = Path(__file__).resolve().parents[2]
+PAPER_RECIPES = {1: REPO / "launch" / "configs" / "stage1.json", 2: REPO / "launch" / "configs" / "stage2.json"}
+
+
 # ---- CLI --------------------------------------------------------------------------------------------
 def parse_args(argv, stage: int):
     p = argparse.ArgumentParser(
@@ -35,7 +39,8 @@ def parse_args(argv, stage: int):
                     f"deepspeed --num_gpus N launch/stage{stage}.py --config CFG --ds ds_configs/zero2.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Every training-config key is documented in omni_ds/train/config.py (TrainConfig).")
-    p.add_argument("--config", required=True, help="training config JSON")
+    p.add_argument("--config", default=str(PAPER_RECIPES[stage]),
+                   help=f"training config JSON (default: the paper's stage-{stage} recipe, %(default)s)")
     p.add_argument("--ds", required=True, help="DeepSpeed config JSON; \"auto\" values come from --config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable; VALUE parsed as JSON when it parses)")
@@ -45,8 +50,9 @@ def parse_args(argv, stage: int):
                    help="validate config, data and checkpoints; print the plan and memory estimate; no training")
     p.add_argument("--world-size", type=int, default=None,
                    help="dry run: plan for this many GPUs (default: the launcher's WORLD_SIZE)")
-    p.add_argument("--gpu", default=None, help="dry run: device to plan for, e.g. L40, A100-80, H100")
-    p.add_argument("--gpu-memory-gib", type=float, default=None, help="dry run: device memory in GiB")
+    p.add_argument("--gpu", default=None, help="memory check: device to plan for, e.g. L40, A100-80, H100 "
+                   "(default: the CUDA device at hand)")
+    p.add_argument("--gpu-memory-gib", type=float, default=None, help="memory check: device memory in GiB")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)   # deepspeed launcher
     return p.parse_args(argv)
 
@@ -67,7 +73,7 @@ def main(argv=None, stage: int = 1) -> int:
     if args.dry_run:
         from omni_ds.train.plan import dry_run
         return dry_run(cfg, args.ds, ds_raw, args.world_size, args.gpu, args.gpu_memory_gib)
-    summary = run(cfg, args.ds)
+    summary = run(cfg, args.ds, args.gpu, args.gpu_memory_gib)
     shutdown_distributed()
     return 0 if summary.get("status") == "completed" else 1
 
@@ -284,7 +290,7 @@ class Run:
                 "world_size": self.world, "config": self.cfg.to_dict()}
 
 
-def setup(cfg: TrainConfig, ds_path: str) -> Run:
+def setup(cfg: TrainConfig, ds_path: str, gpu: Optional[str] = None, gpu_memory_gib: Optional[float] = None) -> Run:
     import deepspeed
     import torch.distributed as dist
 
@@ -312,7 +318,9 @@ def setup(cfg: TrainConfig, ds_path: str) -> Run:
     ds = load_ds_config(ds_path, cfg, world, llm_hidden_size(cfg))
     micro, gas, global_batch = cfg.batch_geometry(world)
 
-    # model, data, schedule
+    # model, data, schedule (the memory check's shape is read before the model exists)
+    from omni_ds.train.plan import device_memory, model_shape, run_memory_check
+    shape = model_shape(cfg)[0] if rank == 0 and device_memory(gpu, gpu_memory_gib, [])[0] else None
     model, tokenizer = build_model(cfg, ds)
     encoder_mode = model.omni_config.encoder_mode
     train_set, val_set = build_data(cfg, tokenizer, encoder_mode, model.omni_config.speech_encoder_ds_rate, log,
@@ -326,6 +334,8 @@ def setup(cfg: TrainConfig, ds_path: str) -> Run:
                           f"optimizer step of global batch {global_batch}")
     total_steps = cfg.max_steps or stream.total_steps(cfg.num_train_epochs)
     n_warmup = warmup_steps(total_steps, cfg.warmup_ratio)
+    fits = run_memory_check(cfg, ds, shape, world, micro, int(max(train_set.lengths)), gpu, gpu_memory_gib,
+                            log) if rank == 0 else None
 
     # optimizer groups and engine (the optimizer from the DeepSpeed config when it has one,
     # e.g. DeepSpeedCPUAdam for offload; torch AdamW otherwise)
@@ -381,6 +391,10 @@ def setup(cfg: TrainConfig, ds_path: str) -> Run:
     for n in optimizer_parameter_names(engine):
         opt_numel[module_of(n)] = opt_numel.get(module_of(n), 0) + shapes[n]
     info["optimizer_state_params"] = opt_numel          # read back from the engine's optimizer
+    from omni_ds.precision import parameter_dtypes
+    info["param_dtypes"] = {part: sorted(d) for part, d in parameter_dtypes(engine.module).items()}
+    info["resumed_from"] = str(resume_from) if resume_from is not None else None
+    info["memory_check_fits"] = fits          # None: no device memory known (rank 0 only)
     if cache_info is not None:
         info["hidden_cache"] = cache_info
     log(f"world {world}, micro {micro} x GAS {gas} = global batch {global_batch}; "
@@ -390,13 +404,13 @@ def setup(cfg: TrainConfig, ds_path: str) -> Run:
                n_warmup, global_batch, groups, counts, flops_model, peak, ckpt, state, info, val_collate)
 
 
-def run(cfg: TrainConfig, ds_path: str) -> dict:
+def run(cfg: TrainConfig, ds_path: str, gpu: Optional[str] = None, gpu_memory_gib: Optional[float] = None) -> dict:
     """Setup, the loop, the final checkpoint / evaluation / LLaMA-Omni folder, the JSON summary."""
     import torch.distributed as dist
     from omni_ds.train.loop import NonFiniteLoss, fit
     from omni_ds.train.metrics import Observer
 
-    r = setup(cfg, ds_path)
+    r = setup(cfg, ds_path, gpu, gpu_memory_gib)
     state = r.state
     observer = Observer(cfg, r.rank, r.total_steps, state.step, r.info)
     trace = SampleTrace(cfg, r.rank) if cfg.trace_samples else None
@@ -436,7 +450,9 @@ def run(cfg: TrainConfig, ds_path: str) -> dict:
         "mean_mfu": (state.model_flops / (state.train_seconds * r.world * r.peak_tflops * 1e12)
                      if r.peak_tflops and state.train_seconds else None),
         "peak_tflops": r.peak_tflops, "final_dir": str(final_dir) if final_dir else None,
-        "checkpoint": str(latest) if latest else None, **r.info}
+        "checkpoint": str(latest) if latest else None,
+        "skipped_steps": int(getattr(r.engine, "skipped_steps", 0) or 0),     # fp16 loss-scale overflows
+        **r.info}
     observer.close(summary)
     if trace is not None:
         trace.close()
