@@ -2,7 +2,8 @@
 
     deepspeed --num_gpus 2 tests/recipe_matrix_driver.py --cases cases.json --results results.json
 
-Each case is a training config + a DeepSpeed config. For each: a run to `first_steps` (it ends
+A case is either a documented command line (`argv` for launch/stage{N}.py, run through its own
+CLI) or a training config + a DeepSpeed config. For the latter: a run to `first_steps` (it ends
 with a checkpoint and a final folder), then the same output_dir again to `resume_steps` (it must
 resume from that checkpoint and write the final folder anew). Engines are built and dropped one
 after another in these two processes, which saves ~15 s of start-up per case. A case that
@@ -33,9 +34,26 @@ def release_engine_state() -> None:
     gc.collect()
 
 
+def run_command(case: dict) -> dict:
+    """A documented command line: launch/stage{N}.py's own CLI on `argv`; its summary.json."""
+    from omni_ds.train.recipe import run_cli
+    out = {"name": case["name"]}
+    try:
+        out["rc"] = run_cli(case["argv"], case["stage"])
+        summary = Path(case["output_dir"]) / "summary.json"
+        out["summary"] = {k: v for k, v in json.loads(summary.read_text()).items() if k in KEEP} \
+            if summary.is_file() else None
+    except BaseException:                              # SystemExit from argparse included
+        out["traceback"] = traceback.format_exc()
+    release_engine_state()
+    return out
+
+
 def run_case(case: dict) -> dict:
     from omni_ds.train.config import build_config
     from omni_ds.train.recipe import run
+    if "argv" in case:
+        return run_command(case)
     out = {"name": case["name"], "runs": []}
     try:
         for steps in (case["first_steps"], case["resume_steps"]):

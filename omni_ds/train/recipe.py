@@ -58,7 +58,14 @@ def parse_args(argv, stage: int):
 
 
 def main(argv=None, stage: int = 1) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv, stage)
+    rc = run_cli(sys.argv[1:] if argv is None else argv, stage)
+    shutdown_distributed()
+    return rc
+
+
+def run_cli(argv: list, stage: int) -> int:
+    """launch/stage{N}.py without the final teardown (tests run several in one process)."""
+    args = parse_args(argv, stage)
     overrides = list(args.set)
     if args.resume is not None:
         overrides.append(f"resume={args.resume}")
@@ -74,7 +81,6 @@ def main(argv=None, stage: int = 1) -> int:
         from omni_ds.train.plan import dry_run
         return dry_run(cfg, args.ds, ds_raw, args.world_size, args.gpu, args.gpu_memory_gib)
     summary = run(cfg, args.ds, args.gpu, args.gpu_memory_gib)
-    shutdown_distributed()
     return 0 if summary.get("status") == "completed" else 1
 
 
