@@ -46,22 +46,8 @@ def free_port() -> int:
 
 
 def write_inputs(root: Path) -> Path:
-    import torch
-    from omni_ds.model.checkpoint import build_from_parts, save_omni_folder
-    from omni_ds.tiny.models import tiny_omni_config
-    from omni_ds.train.demo import write_tiny_setup
-    d = write_tiny_setup(root, n_clips=10, val_clips=1)
-    g = torch.Generator().manual_seed(0)
-    rows = [json.loads(line) for line in open(d / "train.jsonl")]
-    for r in rows:
-        r["speech_response_path"] = r["speech_instruction_path"]
-        r["units"] = torch.randint(0, 1000, (int(torch.randint(20, 40, (1,), generator=g)),), generator=g).tolist()
-    (d / "train_units.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    torch.manual_seed(0)
-    model, tok = build_from_parts(d / "models" / "whisper", d / "models" / "llm",
-                                  tiny_omni_config(encoder_mode="trimmed", with_speech_generator=False))
-    save_omni_folder(d / "runs" / "stage1" / "final", model, tok)
-    return d
+    from omni_ds.train.demo import write_tiny_stage2_setup
+    return write_tiny_stage2_setup(root, n_clips=10, val_clips=1)
 
 
 def full_size_ratio(padded: bool) -> tuple[float, float, float]:

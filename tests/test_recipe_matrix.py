@@ -25,9 +25,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from omni_ds.train.demo import demo_stage1_config, demo_stage2_config
+from omni_ds.train.demo import demo_stage1_config, demo_stage2_config, write_tiny_stage2_setup
 from launcher import DEEPSPEED, free_port, launcher_env
-from train_fixtures import write_stage2_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 DS_CONFIGS = sorted(p.stem for p in (REPO / "ds_configs").glob("*.json"))
@@ -91,7 +90,7 @@ def _launch(cases: list[dict], root: Path, name: str) -> dict:
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
     root = tmp_path_factory.mktemp("matrix")
-    data = write_stage2_inputs(root / "data")
+    data = write_tiny_stage2_setup(root / "data")
     skip_fp16 = fp16_unsupported_reason()
     by_stage: dict[int, list] = {1: [], 2: []}
     for name, (stage, ds, precision, variant) in CELLS.items():

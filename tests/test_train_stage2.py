@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from omni_ds.train.demo import demo_stage2_config, write_tiny_setup
+from omni_ds.train.demo import demo_stage2_config, write_tiny_stage2_setup
 from launcher import DEEPSPEED, free_port, launcher_env
-from train_fixtures import write_stage2_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 420
@@ -47,7 +46,7 @@ def losses(out: Path) -> list[float]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("stage2")
-    d = write_stage2_inputs(root / "demo")
+    d = write_tiny_stage2_setup(root / "demo")
     common = dict(learning_rate=1e-2, logging_steps=1, report_to=[], progress_bar=False, save_steps=0)
     short = dict(common, lr_scheduler_type="constant", warmup_ratio=0.0, max_steps=3)
     out = {k: root / k for k in ("cached", "uncached", "rerun")}

@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import torch
 from safetensors import safe_open
@@ -26,9 +26,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Whispe
 from transformers import logging as hf_logging
 
 from omni_ds.model.omni_config import OmniConfig
-from omni_ds.precision import cast_parameters
 from omni_ds.model.omni_model import OmniSpeechModel
 from omni_ds.model.speech_encoder import hf_to_openai_name, openai_to_hf_name
+from omni_ds.precision import cast_parameters
 from omni_ds.model.whisper_dims import (WhisperDimsError, check_against_weights, config_from_openai_checkpoint,
                                         config_from_published_size, config_from_saved, saved_dims)
 
@@ -208,17 +208,16 @@ def _inline_encoder_config(folder: Path, raw_config: dict, state: dict[str, torc
 # ---- public API ----------------------------------------------------------------------------------------------
 def build_from_parts(whisper_path: str | Path, llm_path: str | Path, omni_config: OmniConfig,
                      tokenizer_path: str | Path | None = None, dtype: torch.dtype = torch.float32,
-                     attn_implementation: str = "sdpa", zero_init: Optional[Any] = None):
+                     attn_implementation: str = "sdpa"):
     """Stage 1 start: a Whisper folder (or .pt) + a causal-LM folder (+ tokenizer) -> model.
 
-    Under ZeRO-3 pass `zero_init` (a deepspeed.zero.Init context); create an HfDeepSpeedConfig
-    first so transformers' from_pretrained partitions the LLM while loading.
+    Under ZeRO-3 create an HfDeepSpeedConfig first, so transformers' from_pretrained partitions
+    the LLM while loading; the speech parts are built whole (deepspeed.initialize partitions them).
     """
     whisper_config, enc_state = load_whisper_encoder_weights(whisper_path)
     llm = _load_llm(llm_path, dtype, attn_implementation)
     omni_config = omni_config.replace(speech_encoder=str(whisper_path))
-    with zero_init or nullcontext():
-        model = OmniSpeechModel(omni_config, whisper_config, llm)
+    model = OmniSpeechModel(omni_config, whisper_config, llm)
     cast_parameters(model, dtype)
     load_into(model.speech_encoder.encoder, enc_state, f"speech encoder from {whisper_path}")
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path or llm_path))
@@ -261,7 +260,7 @@ def _ensure_pad_token(tokenizer) -> None:
 
 def load_omni_folder(path: str | Path, dtype: torch.dtype = torch.float32,
                      omni_overrides: Optional[dict] = None, attn_implementation: str = "sdpa",
-                     with_speech_generator: Optional[bool] = None, zero_init: Optional[Any] = None):
+                     with_speech_generator: Optional[bool] = None):
     """Load a LLaMA-Omni-layout folder (released, or written by save_omni_folder)."""
     path = Path(path)
     cfg_file = path / "config.json"
@@ -294,8 +293,7 @@ def load_omni_folder(path: str | Path, dtype: torch.dtype = torch.float32,
         whisper_config, enc_state = load_whisper_encoder_weights(enc_path)
     _check_stated_width(raw, whisper_config, path)
 
-    with zero_init or nullcontext():
-        model = OmniSpeechModel(omni_config, whisper_config, llm)
+    model = OmniSpeechModel(omni_config, whisper_config, llm)
     cast_parameters(model, dtype)
     load_into(model.speech_encoder.encoder, enc_state, f"{path}: model.speech_encoder")
     proj = read_tensors(path, lambda n: n.startswith("model.speech_projector."))
@@ -383,14 +381,3 @@ def omni_config_json(model: OmniSpeechModel) -> dict[str, Any]:
 def _rmtree(path: Path) -> None:
     import shutil
     shutil.rmtree(path, ignore_errors=True)
-
-
-def parameter_counts(model: OmniSpeechModel) -> dict[str, int]:
-    parts: dict[str, Iterable[nn.Parameter]] = {
-        "speech_encoder": model.speech_encoder.parameters(),
-        "speech_projector": model.speech_projector.parameters(),
-        "llm": model.llm.parameters(),
-    }
-    if model.speech_generator is not None:
-        parts["speech_generator"] = model.speech_generator.parameters()
-    return {k: sum(getattr(p, "ds_numel", p.numel()) for p in v) for k, v in parts.items()}

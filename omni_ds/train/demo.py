@@ -118,3 +118,26 @@ def write_tiny_setup(out_dir: str | Path, n_clips: int = 8, val_clips: int = 2,
         for r in rows[:val_clips]:
             f.write(json.dumps(r) + "\n")
     return out
+
+
+def write_tiny_stage2_setup(out_dir: str | Path, n_clips: int = 8, val_clips: int = 2) -> Path:
+    """write_tiny_setup + what stage 2 needs: random unit targets in range (20-39 per record,
+    seeded) in train_units.jsonl / val_units.jsonl (the first `val_clips` TRAINING records), and
+    a trimmed-mode "stage-1 folder" without a speech decoder at runs/stage1/final (stage 2 then
+    starts the decoder from a seeded init, as from a real stage-1 folder)."""
+    import torch
+    from omni_ds.model.checkpoint import build_from_parts, save_omni_folder
+    from omni_ds.tiny.models import tiny_omni_config
+    d = write_tiny_setup(out_dir, n_clips=n_clips, val_clips=val_clips)
+    g = torch.Generator().manual_seed(0)
+    rows = [json.loads(line) for line in open(d / "train.jsonl")]
+    for r in rows:
+        r["speech_response_path"] = r["speech_instruction_path"]
+        r["units"] = torch.randint(0, 1000, (int(torch.randint(20, 40, (1,), generator=g)),), generator=g).tolist()
+    (d / "train_units.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "val_units.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:val_clips]))
+    torch.manual_seed(0)
+    model, tok = build_from_parts(d / "models" / "whisper", d / "models" / "llm",
+                                  tiny_omni_config(encoder_mode="trimmed", with_speech_generator=False))
+    save_omni_folder(d / "runs" / "stage1" / "final", model, tok)
+    return d

@@ -37,19 +37,6 @@ def module_of(name: str) -> str:
     return "other"
 
 
-def apply_trainable(model: torch.nn.Module, cfg: TrainConfig) -> None:
-    """Set requires_grad for the stage (the model's own rule), then the config's extra freezes."""
-    model.set_stage(cfg.stage)
-    if cfg.freeze_backbone:
-        for name, p in model.named_parameters():
-            if name.startswith("llm."):
-                p.requires_grad_(False)
-    for name, p in model.named_parameters():
-        if name.startswith("speech_encoder.") and p.requires_grad:
-            raise RuntimeError(f"parameter {name} of the frozen Whisper encoder requires grad after "
-                               f"set_stage({cfg.stage})")
-
-
 def build_param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     """Optimizer parameter groups; each carries a `name` ("llm", "llm_no_decay", "projector", ...)
     so lrs can be logged and read back per group. Empty groups are dropped."""

@@ -120,7 +120,6 @@ def dry_run(cfg: TrainConfig, ds_path: str, ds_raw: dict, world_size: Optional[i
     try:
         from transformers import AutoTokenizer
         from omni_ds.data.manifest import load_manifest
-        from omni_ds.data.prompt import PromptBuilder
         from omni_ds.data.sampler import DistributedBatchSampler
         from omni_ds.data.validate import ValidationConfig, validate_manifest
         from omni_ds.train.data import StepStream

@@ -22,8 +22,7 @@ import torch
 
 from omni_ds.precision import torch_dtype
 from omni_ds.train.config import ConfigError, TrainConfig, load_config
-from omni_ds.train.ds_config import (load_ds_config, offload_optimizer, offload_params, read_ds_config,
-                                     zero_stage)
+from omni_ds.train.ds_config import load_ds_config, read_ds_config, zero_stage
 
 
 
@@ -116,19 +115,17 @@ def build_model(cfg: TrainConfig, ds: dict, dtype: Optional[torch.dtype] = None)
     from omni_ds.model.checkpoint import build_from_parts, load_omni_folder
     from omni_ds.model.omni_config import OmniConfig
     dtype = dtype or torch_dtype(cfg.precision)
-    zero_init, keep = None, None
+    keep = None
     if zero_stage(ds) == 3:
-        import deepspeed
         from transformers.integrations import HfDeepSpeedConfig
         keep = HfDeepSpeedConfig(ds)       # makes from_pretrained partition the LLM while loading
         # The speech parts (encoder, projector, decoder: < 1.1 B params) are built whole and
         # partitioned by deepspeed.initialize: under zero.Init, transformers' WhisperEncoder
         # init writes sinusoids into an already-partitioned (0-sized) position table and fails.
-        zero_init = None
     if cfg.init_from:
         # stage 2: a stage-1 folder without a decoder gets a freshly initialised one (seeded)
         model, tok = load_omni_folder(cfg.init_from, dtype=dtype, omni_overrides=cfg.omni or None,
-                                      attn_implementation=cfg.attn_implementation, zero_init=zero_init,
+                                      attn_implementation=cfg.attn_implementation,
                                       with_speech_generator=True if cfg.stage == 2 else None)
     else:
         try:
@@ -138,8 +135,7 @@ def build_model(cfg: TrainConfig, ds: dict, dtype: Optional[torch.dtype] = None)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config key 'omni' = {cfg.omni!r}: {e}") from None
         model, tok = build_from_parts(cfg.whisper_path, cfg.llm_path, omni, tokenizer_path=cfg.tokenizer_path,
-                                      dtype=dtype, attn_implementation=cfg.attn_implementation,
-                                      zero_init=zero_init)
+                                      dtype=dtype, attn_implementation=cfg.attn_implementation)
     model._omni_ds_hf_ds_config = keep
     model.set_stage(cfg.stage, freeze_backbone=cfg.freeze_backbone)
     for name, p in model.named_parameters():
