@@ -18,15 +18,21 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _latest_under(p: Path) -> Path:
-    for d in (p, p / "checkpoints"):
-        if (d / "latest").is_file():
-            tag = (d / "latest").read_text().strip()
-            if (d / tag / "omni_ds_state.json").is_file():
-                return d / tag
-            raise SystemExit(f"error: {d / 'latest'} names {tag}, which is incomplete")
-    raise SystemExit(f"error: --checkpoint {p}: not a checkpoint (no omni_ds_state.json) and no "
-                     "'latest' in it or in its checkpoints/ folder")
+def _resolve(path: str) -> Path:
+    """A step folder, a checkpoints/ folder or an output_dir -> its (latest complete) checkpoint,
+    by the rule training uses to resume."""
+    from omni_ds.train.checkpointing import STATE_FILE, CheckpointManager
+    p = Path(path)
+    if (p / STATE_FILE).is_file():
+        return p
+    try:
+        found = CheckpointManager(str(p.parent if (p / "latest").is_file() else p), 0, 0, 0, lambda: None).latest()
+    except RuntimeError as e:
+        raise SystemExit(f"error: {e}") from None
+    if found is None:
+        raise SystemExit(f"error: --checkpoint {p}: not a checkpoint (no {STATE_FILE}) and no 'latest' in it "
+                         "or in its checkpoints/ folder")
+    return found
 
 
 def main(argv=None) -> int:
@@ -45,8 +51,7 @@ def main(argv=None) -> int:
     from omni_ds.train.config import build_config
     from omni_ds.train.recipe import build_model
 
-    ckpt = _latest_under(Path(args.checkpoint)) if not (Path(args.checkpoint) / "omni_ds_state.json").is_file() \
-        else Path(args.checkpoint)
+    ckpt = _resolve(args.checkpoint)
     state = json.loads((ckpt / "omni_ds_state.json").read_text())
     cfg = build_config(state["config"], source=f"{ckpt}/omni_ds_state.json")
     print(f"export: {ckpt} (stage {cfg.stage}, step {state['step']}) -> {args.out}")
