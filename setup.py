@@ -32,8 +32,9 @@ setup(
         # The demo data: eSpeak NG (bundled in a wheel) speaks the generated clips; the tiny
         # k-means is a scikit-learn model, as the released one is.
         "demo": ["espeakng-loader==0.2.4", "scikit-learn>=1.3", "joblib>=1.3"],
-        # Reading the released joblib/scikit-learn k-means (.bin); .npy centroids need neither.
-        "units": ["scikit-learn>=1.3", "joblib>=1.3"],
+        # Reading the released joblib k-means (.bin; an allow-list unpickler, scikit-learn classes
+        # as inert stand-ins, so scikit-learn itself is not needed); .npy centroids need neither.
+        "units": ["joblib>=1.3"],
         # The reference fairseq path; fairseq 0.12.2 does not import on Python >= 3.11.
         "fairseq": ["fairseq-fixed==0.12.3.1; python_version>='3.11'",
                     "fairseq==0.12.2; python_version<'3.11'"],

@@ -19,18 +19,13 @@ def load_centroids(path: str | Path) -> np.ndarray:
     if path.suffix == ".npy":
         centers = np.load(path, allow_pickle=False)
     else:
-        # Unpickling runs code named by the file, so it is done only for a file the user named on
-        # the command line (the published km1000.bin has no pickle-free form); run it once with
-        # --save-centroids and use the .npy afterwards: then neither pickle nor scikit-learn.
-        try:
-            import joblib
-        except ImportError as err:
-            raise ImportError(f"reading {path} needs joblib and scikit-learn: "
-                              "pip install 'omni_ds[units]' (or pass a .npy of centroids)") from err
-        model = joblib.load(path)
+        # Read through an allow-list unpickler (kmeans_pickle): a shared .bin cannot run code,
+        # and scikit-learn is not needed. --save-centroids writes a pickle-free .npy.
+        from omni_ds.units.kmeans_pickle import load_kmeans_pickle
+        model = load_kmeans_pickle(path)
         centers = getattr(model, "cluster_centers_", None)
         if centers is None:
-            raise ValueError(f"{path}: {type(model).__name__} has no cluster_centers_")
+            raise ValueError(f"{path}: {type(model).__name__} has no cluster_centers_ (not a k-means model)")
     centers = np.asarray(centers)
     if centers.ndim != 2 or not np.isfinite(centers).all():
         raise ValueError(f"{path}: centroids must be a finite [K, D] array, got {centers.shape}")
