@@ -10,10 +10,12 @@ into a model built from the run's own training config (saved in the checkpoint),
 tokenizer). Needs CPU memory for the fp32 model (~4 bytes/param) and no GPU.
 """
 import argparse
+import fnmatch
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,14 +37,45 @@ def _resolve(path: str) -> Path:
     return found
 
 
+# What save_omni_folder writes (model, config, tokenizer files): an export folder holds only these.
+_EXPORT_FILES = ("config.json", "generation_config.json", "omni_ds_training.json", "model*.safetensors",
+                 "model.safetensors.index.json", "tokenizer*", "special_tokens_map.json", "chat_template.jinja",
+                 "vocab.json", "merges.txt", "added_tokens.json")
+
+
+def _out_problem(out: Path, overwrite: bool) -> Optional[str]:
+    """Why --out must not be written, or None: the export replaces the folder whole, so it may
+    only replace an earlier export, and only when asked to."""
+    if out.is_file():
+        return "is a file"
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    if not overwrite:
+        return "is not empty; pass --overwrite to replace an earlier export, or choose a new folder"
+    foreign = sorted(p.name for p in out.iterdir()
+                     if p.is_dir() or not any(fnmatch.fnmatch(p.name, pat) for pat in _EXPORT_FILES))
+    if foreign or not (out / "omni_ds_training.json").is_file():
+        return (f"holds files an export does not write ({foreign[:5]}): it is not replaced, even with --overwrite"
+                if foreign else "is not an earlier export (no omni_ds_training.json): it is not replaced")
+    return None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True,
                     help="a step_N checkpoint folder, a checkpoints/ folder or an output_dir (latest)")
-    ap.add_argument("--out", required=True, help="folder to write (replaced atomically)")
+    ap.add_argument("--out", required=True, help="folder to write: new or empty, or an earlier export with "
+                    "--overwrite (replaced atomically)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace --out when it holds an earlier export; a folder with any other file is "
+                         "never replaced")
     ap.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16",
                     help="dtype of the written weights (default bf16, as released)")
     args = ap.parse_args(argv)
+    problem = _out_problem(Path(args.out), args.overwrite)
+    if problem:
+        print(f"error: --out {args.out}: {problem}", file=sys.stderr)
+        return 2
 
     import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
