@@ -4,7 +4,7 @@
 
 Both loops train the same tiny model (omni_ds.tiny factories) on the same batches (the 10 real
 clips, in-memory features), fp32, 1 process:
-  - omni_ds: recipe.setup() + loop.fit() — DeepSpeed engine, step-level target all-reduce,
+  - omni_ds: Trainer.train() — DeepSpeed engine, step-level target all-reduce,
     grad clipping, scheduler, logging to metrics.jsonl + TensorBoard + tqdm every step;
   - bare: model(**batch), (loss_sum / N_step).backward(), clip_grad_norm_, AdamW.step(),
     LambdaLR.step(), zero_grad().
@@ -61,10 +61,9 @@ def main(argv=None) -> int:
     from omni_ds.train.config import build_config
     from omni_ds.train.demo import demo_stage1_config, write_tiny_setup
     from omni_ds.train.flops import mfu
-    from omni_ds.train.loop import fit
-    from omni_ds.train.metrics import Observer
     from omni_ds.train.param_groups import build_param_groups, for_optimizer
-    from omni_ds.train.recipe import build_model, setup
+    from omni_ds.train.parts import build_model
+    from omni_ds.train.trainer import Trainer
     from omni_ds.train.schedule import make_scheduler_factory
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_loop_"))
@@ -79,15 +78,12 @@ def main(argv=None) -> int:
                        "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_SIZE": "1"})
 
     # --- omni_ds loop ---------------------------------------------------------------------------
-    run = setup(cfg, args.ds)
-    observer = Observer(cfg, 0, total, 0, {})
+    run = Trainer(cfg, args.ds)
 
     def omni_block(n: int) -> list[float]:
-        # one fit() call per block, as in training; the loop times each step itself (train_seconds)
+        # one train() call per block, as in training; the loop times each step itself (train_seconds)
         before = run.state.train_seconds
-        fit(run.engine, run.stream, cfg, run.state, run.state.step + n, observer=observer,
-            checkpoints=run.ckpt, checkpoint_state=run.checkpoint_state, flops_model=run.flops_model,
-            peak_tflops=None)
+        run.train(until=run.state.step + n)
         return [(run.state.train_seconds - before) / n]
 
     # --- bare PyTorch loop: same model, same batches, same precision --------------------------------
@@ -123,7 +119,7 @@ def main(argv=None) -> int:
     while len(omni_t) * args.block < args.steps:
         omni_t += omni_block(args.block)
         bare_t += bare_block(args.block)
-    observer.close()
+    run.close()
     # per-block mean step times; the machine is shared, so the fastest block of each loop (least
     # interference) is the estimate, the medians are printed beside it
     o, b = min(omni_t), min(bare_t)

@@ -3,11 +3,11 @@
     python bench/bench_stage2_cache.py [--epochs 20] [--ds ds_configs/zero2.json]
 
 Measured (tiny config, 1 CPU process, fp32): two trainers are set up in one process with
-recipe.setup() on the same data (10 real clips, synthetic units, a tiny stage-1 folder) and the
+the Trainer on the same data (10 real clips, synthetic units, a tiny stage-1 folder) and the
 same seed — one with `cache_hidden_states` (the cache is built once during its setup, not timed),
 one without (`cache_in_memory`, so the uncached side does not pay audio decoding: the ratio
 isolates the frozen encoder + projector + LLM forward that the cache removes). Whole epochs of
-loop.fit() alternate between the two so machine load hits both alike; the epoch time is the loop's
+Trainer.train() alternate between the two so machine load hits both alike; the epoch time is the loop's
 own step timing (data fetch + forward + backward + step), the fastest epoch of each is the
 estimate (medians printed beside it).
 
@@ -20,7 +20,6 @@ runs only the decoder (6 x params x positions); the uncached one adds 2 x params
 the frozen parts.
 """
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -73,16 +72,14 @@ def main(argv=None) -> int:
 
     from omni_ds.train.config import build_config
     from omni_ds.train.demo import demo_stage2_config
-    from omni_ds.train.loop import fit
-    from omni_ds.train.metrics import Observer
-    from omni_ds.train.recipe import setup
+    from omni_ds.train.trainer import Trainer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_stage2_cache_"))
     d = write_inputs(tmp / "demo")
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
                        "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_SIZE": "1"})
     total = 100_000
-    runs, observers = {}, {}
+    runs = {}
     for name, cached in (("cached", True), ("uncached", False)):
         raw = demo_stage2_config(d, output_dir=str(tmp / name), val_manifest=None, max_steps=total,
                                  save_steps=0, logging_steps=10, report_to=[], progress_bar=False,
@@ -90,16 +87,13 @@ def main(argv=None) -> int:
                                  per_device_train_batch_size=2, global_batch_size=2)
         raw.pop("_comment")
         cfg = build_config(raw)
-        runs[name] = setup(cfg, args.ds)
-        observers[name] = Observer(cfg, 0, total, 0, {})
+        runs[name] = Trainer(cfg, args.ds)
 
     def epoch(name: str) -> float:
         r = runs[name]
         before = r.state.train_seconds
         n = r.stream.steps_in_epoch(r.stream.epoch)
-        fit(r.engine, r.stream, r.cfg, r.state, r.state.step + n, observer=observers[name],
-            checkpoints=r.ckpt, checkpoint_state=r.checkpoint_state, flops_model=r.flops_model,
-            peak_tflops=None)
+        r.train(until=r.state.step + n)
         return r.state.train_seconds - before
 
     epoch("cached"), epoch("uncached")          # warm-up (first touch of features, allocator)
@@ -107,8 +101,8 @@ def main(argv=None) -> int:
     for _ in range(args.epochs):
         for name in ("cached", "uncached"):
             times[name].append(epoch(name))
-    for o in observers.values():
-        o.close()
+    for r in runs.values():
+        r.close()
 
     print("epoch times (s):", {k: [round(x, 3) for x in v] for k, v in times.items()})
     c, u = min(times["cached"]), min(times["uncached"])

@@ -1,4 +1,4 @@
-"""One real DeepSpeed engine (1 CPU rank, gloo, ZeRO-2) built by the recipe's setup():
+"""One real DeepSpeed engine (1 CPU rank, gloo, ZeRO-2) built by the Trainer:
 parameter groups read back from the optimizer, the frozen encoder gets no gradient and no
 optimizer state, and a non-finite loss stops training with the last good checkpoint intact."""
 import json
@@ -25,7 +25,7 @@ def _free_port() -> int:
 def run(tmp_path_factory):
     import deepspeed  # noqa: F401
     import torch.distributed as dist
-    from omni_ds.train.recipe import setup
+    from omni_ds.train.trainer import Trainer
     root = tmp_path_factory.mktemp("engine")
     demo = write_tiny_setup(root / "data", n_clips=4, val_clips=2)
     raw = demo_stage1_config(demo, output_dir=str(root / "out"), learning_rate=2e-4, speech_projector_lr=1e-3,
@@ -38,8 +38,9 @@ def run(tmp_path_factory):
            "WORLD_SIZE": "1", "LOCAL_SIZE": "1"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    r = setup(cfg, "ds_configs/zero2.json")
+    r = Trainer(cfg, "ds_configs/zero2.json")
     yield r
+    r.close()
     if dist.is_initialized():
         dist.destroy_process_group()
     for k, v in old.items():
@@ -50,14 +51,7 @@ def run(tmp_path_factory):
 
 
 def _fit(r, steps):
-    from omni_ds.train.loop import fit
-    from omni_ds.train.metrics import Observer
-    obs = Observer(r.cfg, r.rank, r.total_steps, r.state.step, {})
-    try:
-        return fit(r.engine, r.stream, r.cfg, r.state, r.state.step + steps, observer=obs, checkpoints=r.ckpt,
-                   checkpoint_state=r.checkpoint_state, flops_model=r.flops_model, peak_tflops=None)
-    finally:
-        obs.close()
+    return r.train(until=r.state.step + steps)
 
 
 def test_param_groups_read_back_from_optimizer(run):
@@ -100,7 +94,7 @@ def test_nonfinite_loss_stops_with_last_checkpoint_intact(run):
     from omni_ds.train.checkpointing import STATE_FILE
     from omni_ds.train.loop import NonFiniteLoss
     _fit(run, 1)                                      # save_steps=1: a complete checkpoint now
-    good = run.ckpt.latest()
+    good = run.checkpointer.latest()
     assert good is not None and (good / STATE_FILE).is_file()
     files_before = sorted(p.name for p in good.iterdir())
     step_before = json.loads((good / STATE_FILE).read_text())["step"]
@@ -110,6 +104,6 @@ def test_nonfinite_loss_stops_with_last_checkpoint_intact(run):
         _fit(run, 1)
     msg = str(e.value)
     assert "non-finite loss" in msg and f"step {step_before + 1}" in msg and str(good) in msg
-    assert run.ckpt.latest() == good and sorted(p.name for p in good.iterdir()) == files_before
+    assert run.checkpointer.latest() == good and sorted(p.name for p in good.iterdir()) == files_before
     assert json.loads((good / STATE_FILE).read_text())["step"] == step_before
     assert not math.isfinite(run.state.last_loss) or run.state.step == step_before + 1

@@ -157,7 +157,7 @@ def test_a_changed_model_gives_a_new_cache_key(runs, tmp_path):
     key = runs["summary"]["cached"]["hidden_cache"]["train"]["key"]
     from omni_ds.model.checkpoint import load_omni_folder
     from omni_ds.train.config import build_config
-    from omni_ds.train.recipe import cache_settings
+    from omni_ds.train.parts import cache_settings
     cfg = build_config({k: v for k, v in runs["cfg"]["cached"].items() if k != "_comment"})
     model, _ = load_omni_folder(src, omni_overrides=cfg.omni, with_speech_generator=True)
     settings = cache_settings(cfg, model)

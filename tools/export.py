@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     from omni_ds.model.checkpoint import save_omni_folder
     from omni_ds.precision import torch_dtype
     from omni_ds.train.config import build_config
-    from omni_ds.train.recipe import build_model
+    from omni_ds.train.parts import build_model
 
     ckpt = _resolve(args.checkpoint)
     state = json.loads((ckpt / "omni_ds_state.json").read_text())

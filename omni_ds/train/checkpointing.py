@@ -58,8 +58,9 @@ def is_complete(path: Path) -> bool:
 
 
 class CheckpointManager:
-    def __init__(self, output_dir: str, keep: int, rank: int, local_rank: int, barrier):
+    def __init__(self, output_dir: str, keep: int, rank: int, local_rank: int, barrier, save_steps: int = 0):
         self.dir = Path(output_dir) / "checkpoints"
+        self.save_steps = save_steps
         self.keep = keep
         self.rank = rank
         self.local_rank = local_rank
@@ -112,6 +113,10 @@ class CheckpointManager:
         return removed
 
     # ---- saving -----------------------------------------------------------------------------
+    def due(self, step: int) -> bool:
+        """Every `save_steps` optimizer steps (0: only the final checkpoint)."""
+        return bool(self.save_steps) and step % self.save_steps == 0
+
     def save(self, engine, step: int, state: dict, crash_before_commit: bool = False) -> Path:
         """Collective: every rank calls it. `state` (JSON-able) goes into omni_ds_state.json."""
         tag = tag_for(step)
@@ -156,3 +161,20 @@ def _write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def save_final(engine, model, tokenizer, output_dir: str, zero: int, rank: int, metadata: dict) -> Path:
+    """output_dir/final in the LLaMA-Omni layout; under ZeRO-3 from the gathered 16-bit weights."""
+    import torch.distributed as dist
+    from omni_ds.model.checkpoint import save_omni_folder
+    out = Path(output_dir) / "final"
+    if zero == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()      # collective; full dict on rank 0
+    else:
+        state = {k: v.detach().cpu() for k, v in engine.module.state_dict().items()} if rank == 0 else None
+    if rank == 0:
+        save_omni_folder(out, model, tokenizer, state_dict=state, metadata=metadata)
+        print(f"[omni_ds] final model: {out}", flush=True)
+    if dist.is_initialized():
+        dist.barrier()
+    return out

@@ -95,7 +95,6 @@ def build_dataset(path: str, tokenizer, cfg, encoder_mode: str, ds_rate: int = 5
     skipped (bad_records = "skip") or fatal ("stop")."""
     from omni_ds.data.dataset import OmniSpeechDataset
     from omni_ds.data.manifest import load_manifest
-    from omni_ds.data.prompt import PromptBuilder
     from omni_ds.data.validate import ValidationConfig, validate_manifest
     builder = cfg.prompt_builder(tokenizer)
     vcfg = ValidationConfig(stage=cfg.stage, mel_mode=encoder_mode, max_seconds=cfg.max_speech_seconds,
