@@ -54,6 +54,25 @@ def test_validation_names_key_and_value(key, value, needle):
     assert needle in str(e.value)
 
 
+@pytest.mark.parametrize("key,value,allowed", [
+    ("adam_beta1", 5, "must be in [0, 1)"),
+    ("adam_beta2", 1.0, "must be in [0, 1)"),
+    ("adam_epsilon", -1, "must be > 0"),
+    ("learning_rate", float("inf"), "must be a finite number"),     # what --set learning_rate=1e999 gives
+    ("max_grad_norm", float("nan"), "must be a finite number"),
+    ("dist_timeout_minutes", 0, "must be >= 1"),
+])
+def test_optimizer_ranges_are_refused_with_what_is_allowed(key, value, allowed):
+    with pytest.raises(ConfigError) as e:
+        build_config({**BASE, key: value})
+    assert f"config key {key!r}" in str(e.value) and allowed in str(e.value)
+
+
+def test_set_of_an_infinite_number_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="'learning_rate' = inf: must be a finite number"):
+        load_config(write(tmp_path, BASE), ["learning_rate=1e999"])
+
+
 def test_stage1_needs_parts_or_folder():
     with pytest.raises(ConfigError, match="whisper_path"):
         build_config({"train_manifest": "t", "llm_path": "l"})

@@ -164,3 +164,15 @@ def test_help_and_bad_arguments():
                           "--manifest", "m", "--hubert", "h", "--out", "o"],
                          capture_output=True, text=True)
     assert run.returncode == 2 and "--shard" in run.stderr
+
+
+def test_a_refused_layer_leaves_no_plan_behind(env, reference, tmp_path, capsys):
+    """--layer 0 is refused before anything is written, so the corrected command then runs
+    (the plan used to be pinned first and refused the fix as 'differs in [layer]')."""
+    import extract_units
+    out = tmp_path / "out.jsonl"
+    assert extract_units.main(_args(env, out, "--part-size", "4", "--layer", "0")) == 2
+    assert "layer" in capsys.readouterr().err
+    assert not (out.parent / (out.name + ".parts")).exists() or not any((out.parent / (out.name + ".parts")).iterdir())
+    assert extract_units.main(_args(env, out, "--part-size", "4")) == reference[0]
+    assert read_jsonl(out) == read_jsonl(reference[1])

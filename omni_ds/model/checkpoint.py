@@ -258,6 +258,18 @@ def _ensure_pad_token(tokenizer) -> None:
             tokenizer.pad_token = tokenizer.eos_token
 
 
+def folder_omni_config(raw_config: dict, omni_overrides: Optional[dict] = None,
+                       with_speech_generator: Optional[bool] = None) -> OmniConfig:
+    """The OmniConfig a folder's config.json gives, with a run's overrides: what load_omni_folder
+    builds, and what the dry run plans with (no weights read)."""
+    omni_config = OmniConfig.from_config_dict(raw_config)
+    if with_speech_generator is not None:
+        omni_config = omni_config.replace(with_speech_generator=with_speech_generator)
+    if omni_overrides:
+        omni_config = omni_config.replace(**omni_overrides)
+    return omni_config
+
+
 def load_omni_folder(path: str | Path, dtype: torch.dtype = torch.float32,
                      omni_overrides: Optional[dict] = None, attn_implementation: str = "sdpa",
                      with_speech_generator: Optional[bool] = None):
@@ -267,11 +279,7 @@ def load_omni_folder(path: str | Path, dtype: torch.dtype = torch.float32,
     if not cfg_file.exists():
         raise FileNotFoundError(f"{path}: no config.json; not a LLaMA-Omni model folder")
     raw = json.loads(cfg_file.read_text())
-    omni_config = OmniConfig.from_config_dict(raw)
-    if with_speech_generator is not None:
-        omni_config = omni_config.replace(with_speech_generator=with_speech_generator)
-    if omni_overrides:
-        omni_config = omni_config.replace(**omni_overrides)
+    omni_config = folder_omni_config(raw, omni_overrides, with_speech_generator)
     ours = raw.get("omni_ds", {})
     llm_type = ours.get("llm_model_type", "llama")
     omni_keys = set(omni_config.to_llama_omni_keys(0)) | {"omni_ds", "model_type", "architectures",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -132,95 +133,74 @@ class TrainConfig:
 
     # ------------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
-        def bad(key, allowed):
-            raise ConfigError(f"config key {key!r} = {getattr(self, key)!r}: {allowed}")
+        self._check_types()
+        self._check_choices()
+        self._check_ranges()
+        self._check_stage_rules()
+        return self
 
+    def _bad(self, key: str, allowed: str):
+        raise ConfigError(f"config key {key!r} = {getattr(self, key)!r}: {allowed}")
+
+    def _check_types(self) -> None:
         for name, f in self.__dataclass_fields__.items():
             v = getattr(self, name)
             want = _base_type(f.type)
             if v is None:
                 if not _optional(f.type):
-                    bad(name, "must not be null")
+                    self._bad(name, "must not be null")
                 continue
             if want is float and isinstance(v, int) and not isinstance(v, bool):
                 setattr(self, name, float(v))
-                continue
-            if want is bool and not isinstance(v, bool):
-                bad(name, "must be true or false")
-            if want is int and (isinstance(v, bool) or not isinstance(v, int)):
-                bad(name, "must be an integer")
-            if want is float and not isinstance(v, float):
-                bad(name, "must be a number")
-            if want is str and not isinstance(v, str):
-                bad(name, "must be a string")
-            if want is dict and not isinstance(v, dict):
-                bad(name, "must be a JSON object")
-            if want is list and not isinstance(v, list):
-                bad(name, "must be a JSON list")
+                v = float(v)
+            message = _type_error(want, v)
+            if message:
+                self._bad(name, message)
+            if want is float and not math.isfinite(v):
+                self._bad(name, "must be a finite number")
 
-        if self.stage not in (1, 2):
-            bad("stage", "allowed: 1 or 2")
-        if self.precision not in ("bf16", "fp16", "fp32"):
-            bad("precision", 'allowed: "bf16", "fp16", "fp32"')
-        if self.lr_scheduler_type not in ("cosine", "linear", "constant"):
-            bad("lr_scheduler_type", 'allowed: "cosine", "linear", "constant"')
-        if self.prompt_template not in ("llama3", "tokenizer"):
-            bad("prompt_template", 'allowed: "llama3", "tokenizer"')
-        if self.bad_records not in ("skip", "stop"):
-            bad("bad_records", 'allowed: "skip", "stop"')
-        for k in ("per_device_train_batch_size", "gradient_accumulation_steps",
-                  "per_device_eval_batch_size", "logging_steps", "model_max_length"):
-            if getattr(self, k) < 1:
-                bad(k, "must be >= 1")
-        for k in ("save_steps", "eval_steps", "num_workers", "save_total_limit"):
-            if getattr(self, k) < 0:
-                bad(k, "must be >= 0 (0 disables)")
-        if self.global_batch_size is not None and self.global_batch_size < 1:
-            bad("global_batch_size", "must be >= 1 or null")
-        if self.max_steps is not None and self.max_steps < 1:
-            bad("max_steps", "must be >= 1 or null (then num_train_epochs decides)")
-        if self.max_steps is None and not self.num_train_epochs > 0:
-            bad("num_train_epochs", "must be > 0 when max_steps is null")
-        if not self.learning_rate > 0:
-            bad("learning_rate", "must be > 0")
-        if self.speech_projector_lr is not None and not self.speech_projector_lr > 0:
-            bad("speech_projector_lr", "must be > 0 or null (falls back to learning_rate)")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            bad("warmup_ratio", "must be in [0, 1)")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            bad("min_lr_ratio", "must be in [0, 1]")
-        if self.weight_decay < 0:
-            bad("weight_decay", "must be >= 0")
-        if self.max_grad_norm < 0:
-            bad("max_grad_norm", "must be >= 0 (0 disables clipping)")
-        if self.max_speech_seconds is not None and self.max_speech_seconds <= 0:
-            bad("max_speech_seconds", "must be > 0 or null")
-        if self.batching not in ("random", "length_grouped", "token_budget"):
-            bad("batching", 'allowed: "random", "length_grouped", "token_budget"')
-        if self.batching == "token_budget" and not self.max_tokens_per_batch:
-            bad("max_tokens_per_batch", 'batching "token_budget" needs a positive max_tokens_per_batch')
+    def _check_choices(self) -> None:
+        for key, allowed in _CHOICES.items():
+            if getattr(self, key) not in allowed:
+                self._bad(key, "allowed: " + ", ".join(f'"{a}"' if isinstance(a, str) else str(a) for a in allowed))
         for r in self.report_to:
             if r not in ("tensorboard", "wandb"):
                 raise ConfigError(f"config key 'report_to' = {self.report_to!r}: "
                                   f"unknown entry {r!r}; allowed: \"tensorboard\", \"wandb\"")
         if self.resume not in ("auto", "never") and not self.resume:
-            bad("resume", 'allowed: "auto", "never" or a checkpoint path')
+            self._bad("resume", 'allowed: "auto", "never" or a checkpoint path')
+
+    def _check_ranges(self) -> None:
+        for k in ("per_device_train_batch_size", "gradient_accumulation_steps",
+                  "per_device_eval_batch_size", "logging_steps", "model_max_length"):
+            if getattr(self, k) < 1:
+                self._bad(k, "must be >= 1")
+        for k in ("save_steps", "eval_steps", "num_workers", "save_total_limit"):
+            if getattr(self, k) < 0:
+                self._bad(k, "must be >= 0 (0 disables)")
+        for key, (ok, allowed) in _RANGES.items():
+            v = getattr(self, key)
+            if v is not None and not ok(v):
+                self._bad(key, allowed)
+        if self.max_steps is None and not self.num_train_epochs > 0:
+            self._bad("num_train_epochs", "must be > 0 when max_steps is null")
+        if self.batching == "token_budget" and not self.max_tokens_per_batch:
+            self._bad("max_tokens_per_batch", 'batching "token_budget" needs a positive max_tokens_per_batch')
+
+    def _check_stage_rules(self) -> None:
         if self.stage == 1 and self.init_from is None:
             if not self.whisper_path or not self.llm_path:
                 raise ConfigError("stage 1 needs either init_from (a LLaMA-Omni folder) or both "
                                   f"whisper_path and llm_path (got whisper_path={self.whisper_path!r}, "
                                   f"llm_path={self.llm_path!r})")
         if self.stage == 2 and self.init_from is None:
-            bad("init_from", "stage 2 starts from a LLaMA-Omni folder (stage 1's output_dir/final)")
-        if self.cache_dtype not in ("bf16", "fp32"):
-            bad("cache_dtype", 'allowed: "bf16", "fp32"')
+            self._bad("init_from", "stage 2 starts from a LLaMA-Omni folder (stage 1's output_dir/final)")
         if self.cache_hidden_states and self.stage != 2:
-            bad("cache_hidden_states", "is a stage 2 option (the LLM trains in stage 1)")
+            self._bad("cache_hidden_states", "is a stage 2 option (the LLM trains in stage 1)")
         if self.stage == 2 and self.freeze_backbone:
-            bad("freeze_backbone", "is a stage 1 option (stage 2 always trains the decoder only)")
+            self._bad("freeze_backbone", "is a stage 1 option (stage 2 always trains the decoder only)")
         if not self.train_manifest:
-            bad("train_manifest", "a manifest path is required")
-        return self
+            self._bad("train_manifest", "a manifest path is required")
 
     # ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -250,6 +230,41 @@ class TrainConfig:
                 f"per_device_train_batch_size ({micro}) x world size ({world_size}) = {per_pass}; "
                 f"choose a global batch that is a multiple of {per_pass} or change the micro batch")
         return micro, self.global_batch_size // per_pass, self.global_batch_size
+
+
+_CHOICES = {"stage": (1, 2), "precision": ("bf16", "fp16", "fp32"),
+            "lr_scheduler_type": ("cosine", "linear", "constant"), "prompt_template": ("llama3", "tokenizer"),
+            "bad_records": ("skip", "stop"), "batching": ("random", "length_grouped", "token_budget"),
+            "cache_dtype": ("bf16", "fp32")}
+# key -> (accepts the value, what is allowed); None values are checked by _check_types
+_RANGES = {
+    "global_batch_size": (lambda v: v >= 1, "must be >= 1 or null"),
+    "max_steps": (lambda v: v >= 1, "must be >= 1 or null (then num_train_epochs decides)"),
+    "learning_rate": (lambda v: v > 0, "must be > 0"),
+    "speech_projector_lr": (lambda v: v > 0, "must be > 0 or null (falls back to learning_rate)"),
+    "adam_beta1": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+    "adam_beta2": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+    "adam_epsilon": (lambda v: v > 0, "must be > 0"),
+    "warmup_ratio": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+    "min_lr_ratio": (lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
+    "weight_decay": (lambda v: v >= 0, "must be >= 0"),
+    "max_grad_norm": (lambda v: v >= 0, "must be >= 0 (0 disables clipping)"),
+    "max_speech_seconds": (lambda v: v > 0, "must be > 0 or null"),
+    "dist_timeout_minutes": (lambda v: v >= 1, "must be >= 1"),
+}
+
+
+def _type_error(want: type, v) -> Optional[str]:
+    if want is bool and not isinstance(v, bool):
+        return "must be true or false"
+    if want is int and (isinstance(v, bool) or not isinstance(v, int)):
+        return "must be an integer"
+    if want is float and not isinstance(v, float):
+        return "must be a number"
+    for ty, word in ((str, "a string"), (dict, "a JSON object"), (list, "a JSON list")):
+        if want is ty and not isinstance(v, ty):
+            return f"must be {word}"
+    return None
 
 
 def _base_type(t) -> type:

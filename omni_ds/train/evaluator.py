@@ -77,11 +77,13 @@ def evaluate_units(engine, batches_per_rank: list[dict], n_batches: int, fallbac
         batch = to_device(batches_per_rank[i] if real else fallback, device, float_dtype)
         states, lengths = _response_states(module, batch)
         out = engine(response_states=states, response_lengths=lengths, units=batch["units"])
+        # on every rank, real batch or not: under ZeRO-3 the decoder's forward is a collective
+        logits, n_out = module.speech_generator(states, lengths)        # inference length (25 n)
         if not real:
             continue
         total += float(out["loss_sum"])
         count += float(out["n_targets"])
-        batch_edits, batch_samples = _unit_edits(module, states, lengths, batch["units"])
+        batch_edits, batch_samples = _unit_edits(logits, n_out, module.speech_generator.blank, batch["units"])
         edits += batch_edits
         n_samples += batch_samples
     total, count, edits, n_samples = all_sum([total, count, edits, n_samples], device)
@@ -96,14 +98,12 @@ def _response_states(module, batch: dict):
                                          batch["speech_mel"], batch["speech_frames"])
 
 
-def _unit_edits(module, states, lengths, units) -> tuple[float, int]:
-    """Summed edit distance of the greedy units (inference length, 25 n) to the targets."""
+def _unit_edits(logits, n_out, blank: int, units) -> tuple[float, int]:
+    """Summed edit distance of the greedy units to the targets, and the number of samples."""
     from omni_ds.constants import IGNORE_INDEX
     from omni_ds.model.ctc_decoder import ctc_collapse
     from omni_ds.train.edit_distance import levenshtein
-    logits, n_out = module.speech_generator(states, lengths)
     paths = logits.argmax(-1).cpu()
-    blank = module.speech_generator.blank
     edits = 0.0
     for b in range(paths.shape[0]):
         pred = ctc_collapse(paths[b, : int(n_out[b])].tolist(), blank)

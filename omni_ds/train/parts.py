@@ -43,7 +43,6 @@ def build_model(cfg: TrainConfig, ds: dict, dtype: Optional[torch.dtype] = None)
     keeps fp32 masters of the trainable ones), or in `dtype` (export reads fp32 masters into fp32).
     Under ZeRO-3 the LLM is partitioned while it loads."""
     from omni_ds.model.checkpoint import build_from_parts, load_omni_folder
-    from omni_ds.model.omni_config import OmniConfig
     dtype = dtype or torch_dtype(cfg.precision)
     keep = None
     if zero_stage(ds) == 3:
@@ -52,20 +51,17 @@ def build_model(cfg: TrainConfig, ds: dict, dtype: Optional[torch.dtype] = None)
         # The speech parts (encoder, projector, decoder: < 1.1 B params) are built whole and
         # partitioned by deepspeed.initialize: under zero.Init, transformers' WhisperEncoder
         # init writes sinusoids into an already-partitioned (0-sized) position table and fails.
+    omni = effective_omni_config(cfg)
     if cfg.init_from:
         # stage 2: a stage-1 folder without a decoder gets a freshly initialised one (seeded)
         model, tok = load_omni_folder(cfg.init_from, dtype=dtype, omni_overrides=cfg.omni or None,
                                       attn_implementation=cfg.attn_implementation,
-                                      with_speech_generator=True if cfg.stage == 2 else None)
+                                      with_speech_generator=_with_generator(cfg))
     else:
-        try:
-            # Stage 1 does not need the CTC decoder (425.6 M frozen parameters at full size):
-            # built only when asked for; stage 2 adds it to the stage-1 folder.
-            omni = OmniConfig(**{"with_speech_generator": cfg.stage == 2, **cfg.omni})
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"config key 'omni' = {cfg.omni!r}: {e}") from None
         model, tok = build_from_parts(cfg.whisper_path, cfg.llm_path, omni, tokenizer_path=cfg.tokenizer_path,
                                       dtype=dtype, attn_implementation=cfg.attn_implementation)
+    if model.omni_config.replace(speech_encoder=omni.speech_encoder) != omni:
+        raise RuntimeError(f"the model's OmniConfig {model.omni_config} is not the planned {omni}")
     model._omni_ds_hf_ds_config = keep
     model.set_stage(cfg.stage, freeze_backbone=cfg.freeze_backbone)
     for name, p in model.named_parameters():
@@ -75,6 +71,28 @@ def build_model(cfg: TrainConfig, ds: dict, dtype: Optional[torch.dtype] = None)
         model.gradient_checkpointing_enable()
     check_parameter_dtypes(model, dtype)
     return model, tok
+
+
+def _with_generator(cfg: TrainConfig) -> Optional[bool]:
+    """Stage 2 always has the CTC decoder; stage 1 from parts builds none (425.6 M frozen
+    parameters at full size) unless asked; stage 1 from a folder keeps what the folder has."""
+    return True if cfg.stage == 2 else (None if cfg.init_from else False)
+
+
+def effective_omni_config(cfg: TrainConfig):
+    """The OmniConfig the run builds: the init_from folder's config.json (or the defaults, from
+    parts) with the config's `omni` overrides. No weights are read: the dry run plans with it."""
+    import json
+    from omni_ds.model.checkpoint import folder_omni_config
+    from omni_ds.model.omni_config import OmniConfig
+    try:
+        if cfg.init_from:
+            raw = json.loads((Path(cfg.init_from) / "config.json").read_text())
+            return folder_omni_config(raw, cfg.omni or None, _with_generator(cfg))
+        overrides = {"with_speech_generator": _with_generator(cfg), **cfg.omni}
+        return OmniConfig(**overrides).replace(speech_encoder=str(cfg.whisper_path))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config key 'omni' = {cfg.omni!r}: {e}") from None
 
 
 def check_parameter_dtypes(model, dtype: torch.dtype) -> None:
@@ -200,13 +218,13 @@ def memory_check(cfg: TrainConfig, ds: dict, rank: int, world: int, micro: int, 
     model's shape is read now, before the model is built (under ZeRO-3 transformers would
     partition even a meta-device instance); rank 0 only."""
     from omni_ds.train.plan import device_memory, model_shape, run_memory_check
-    known = rank == 0 and device_memory(gpu, gpu_memory_gib, [])[0] is not None
-    shape = model_shape(cfg)[0] if known else None
+    device = device_memory(gpu, gpu_memory_gib, [])
+    shape = model_shape(cfg)[0] if rank == 0 and device[0] is not None else None
 
     def check(longest: int, log) -> Optional[bool]:
         if rank != 0:
             return None
-        return run_memory_check(cfg, ds, shape, world, micro, longest, gpu, gpu_memory_gib, log)
+        return run_memory_check(cfg, ds, shape, world, micro, longest, device, log)
     return check
 
 

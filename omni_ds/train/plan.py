@@ -14,6 +14,7 @@ import torch
 from omni_ds.train.config import ConfigError, TrainConfig
 from omni_ds.train.ds_config import fill_ds_config, offload_optimizer, offload_params, zero_stage
 from omni_ds.train import memory as mem
+from omni_ds.train.parts import effective_omni_config
 
 
 def _n(x: float) -> str:
@@ -64,9 +65,9 @@ def model_shape(cfg: TrainConfig) -> tuple[mem.ModelShape, int]:
     llm_params = sum(p.numel() for p in llm.parameters())
     largest = max(p.numel() for p in llm.parameters())
     w = _whisper_dims(cfg, omni_raw)
-    proj_h = int(cfg.omni.get("speech_projector_hidden_size", 2048))
-    k = int(cfg.omni.get("speech_encoder_ds_rate", 5))
-    layers, width, heads, ffn = parse_ctc_decoder_config(cfg.omni.get("ctc_decoder_config", "(2,4096,32,11008)"))
+    omni = effective_omni_config(cfg)               # the run's own: init_from's config + overrides
+    proj_h, k = omni.speech_projector_hidden_size, omni.speech_encoder_ds_rate
+    layers, width, heads, ffn = parse_ctc_decoder_config(omni.ctc_decoder_config)
     shape = mem.ModelShape(
         llm_params=llm_params, llm_largest_layer=largest, hidden_size=llm_cfg.hidden_size,
         intermediate_size=getattr(llm_cfg, "intermediate_size", 4 * llm_cfg.hidden_size),
@@ -80,115 +81,151 @@ def model_shape(cfg: TrainConfig) -> tuple[mem.ModelShape, int]:
 
 def dry_run(cfg: TrainConfig, ds_path: str, ds_raw: dict, world_size: Optional[int],
             gpu: Optional[str], gpu_gib: Optional[float]) -> int:
+    """Validate config, data and checkpoints; print the plan and the memory verdict (rank 0).
+    0 when the run would start and fit, 1 otherwise (each problem printed)."""
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    problems: list[str] = []
-    out = print
-    out(f"omni_ds dry run: stage {cfg.stage}, config OK ({len(cfg.to_dict())} keys), --ds {ds_path}")
+    return DryRun(cfg, world_size or int(os.environ.get("WORLD_SIZE", "1"))).run(ds_path, ds_raw, gpu, gpu_gib)
 
-    # batch geometry and the DeepSpeed config
-    try:
-        micro, gas, global_batch = cfg.batch_geometry(world)
-        ds = fill_ds_config(ds_raw, cfg, world, source=f"--ds {ds_path}")
-        out(f"  world size {world}: micro batch {micro} x GAS {gas} x {world} ranks = global batch {global_batch}")
-        out(f"  DeepSpeed: ZeRO-{zero_stage(ds)}, precision {cfg.precision}, clipping {cfg.max_grad_norm}, "
-            f"optimizer offload {offload_optimizer(ds)}, param offload {offload_params(ds)}")
-    except ConfigError as e:
-        out(f"  ERROR {e}")
-        return 1
 
-    # model (config.json only)
-    shape = None
-    for key in (("init_from",) if cfg.init_from else ("whisper_path", "llm_path")):
-        path = getattr(cfg, key)
-        if not Path(path).exists():
-            problems.append(f"config key {key!r} = {path!r}: no such file or folder")
-    try:
-        shape, _ = model_shape(cfg)
+class DryRun:
+    """The dry run's sections in order; each reports and collects problems, none stops the rest
+    (except a batch geometry that cannot be)."""
+
+    def __init__(self, cfg: TrainConfig, world: int, out=print):
+        self.cfg, self.world, self.out = cfg, world, out
+        self.problems: list[str] = []
+        self.shape, self.seq_len = None, 415
+
+    def run(self, ds_path: str, ds_raw: dict, gpu: Optional[str], gpu_gib: Optional[float]) -> int:
+        self.out(f"omni_ds dry run: stage {self.cfg.stage}, config OK ({len(self.cfg.to_dict())} keys), --ds {ds_path}")
+        ds = self.batch_and_deepspeed(ds_path, ds_raw)
+        if ds is None:
+            return 1
+        self.model()
+        self.data()
+        self.checkpoints()
+        fits = True
+        if self.shape is not None:
+            device = device_memory(gpu, gpu_gib, self.problems)
+            fits = memory_report(self.cfg, ds, self.shape, self.world, self.micro, self.seq_len, device, self.out)
+        for p in self.problems:
+            self.out(f"  ERROR {p}")
+        ok = not self.problems and fits
+        self.out("dry run: OK" if ok else "dry run: NOT READY")
+        return 0 if ok else 1
+
+    def batch_and_deepspeed(self, ds_path: str, ds_raw: dict) -> Optional[dict]:
+        cfg, world = self.cfg, self.world
+        try:
+            self.micro, self.gas, self.global_batch = cfg.batch_geometry(world)
+            ds = fill_ds_config(ds_raw, cfg, world, source=f"--ds {ds_path}")
+        except ConfigError as e:
+            self.out(f"  ERROR {e}")
+            return None
+        self.out(f"  world size {world}: micro batch {self.micro} x GAS {self.gas} x {world} ranks = "
+                 f"global batch {self.global_batch}")
+        self.out(f"  DeepSpeed: ZeRO-{zero_stage(ds)}, precision {cfg.precision}, clipping {cfg.max_grad_norm}, "
+                 f"optimizer offload {offload_optimizer(ds)}, param offload {offload_params(ds)}")
+        return ds
+
+    def model(self) -> None:
+        """Model sizes from config.json files only (no weights)."""
+        cfg = self.cfg
+        for key in (("init_from",) if cfg.init_from else ("whisper_path", "llm_path")):
+            path = getattr(cfg, key)
+            if not Path(path).exists():
+                self.problems.append(f"config key {key!r} = {path!r}: no such file or folder")
+        try:
+            shape, _ = model_shape(cfg)
+        except Exception as e:                      # noqa: BLE001 - report, keep validating the rest
+            self.problems.append(f"model config: {e}")
+            return
+        self.shape = shape
         trainable = (shape.projector_params + (0 if cfg.freeze_backbone else shape.llm_params)
                      if cfg.stage == 1 else shape.decoder_params)
-        out(f"  model: LLM {_n(shape.llm_params)} (hidden {shape.hidden_size}, {shape.num_layers} layers, "
-            f"vocab {shape.vocab_size}), encoder {_n(shape.encoder_params)} (frozen), projector "
-            f"{_n(shape.projector_params)}, speech decoder {_n(shape.decoder_params)}; "
-            f"trainable in stage {cfg.stage}: {_n(trainable)} params")
-    except Exception as e:                      # noqa: BLE001 - report, keep validating the rest
-        problems.append(f"model config: {e}")
+        self.out(f"  model: LLM {_n(shape.llm_params)} (hidden {shape.hidden_size}, {shape.num_layers} layers, "
+                 f"vocab {shape.vocab_size}), encoder {_n(shape.encoder_params)} (frozen), projector "
+                 f"{_n(shape.projector_params)}, speech decoder {_n(shape.decoder_params)}; "
+                 f"trainable in stage {cfg.stage}: {_n(trainable)} params")
 
-    # data: the same validation and batching the run uses (cached audio/token index, no decoding twice)
-    seq_len, total = 415, None
-    try:
+    def data(self) -> None:
+        """The same validation and batching the run uses (cached audio/token index)."""
         from transformers import AutoTokenizer
         from omni_ds.data.manifest import load_manifest
-        from omni_ds.data.sampler import DistributedBatchSampler
         from omni_ds.data.validate import ValidationConfig, validate_manifest
+        cfg = self.cfg
+        try:
+            tok = AutoTokenizer.from_pretrained(str(cfg.tokenizer_path or cfg.init_from or cfg.llm_path))
+            omni = effective_omni_config(cfg)           # the run's encoder mode and rate, not the defaults
+            vcfg = ValidationConfig(stage=cfg.stage, mel_mode=omni.encoder_mode, max_seconds=cfg.max_speech_seconds,
+                                    speech_ds_rate=omni.speech_encoder_ds_rate)
+            for key in ("train_manifest", "val_manifest"):
+                path = getattr(cfg, key)
+                if not path:
+                    continue
+                if not Path(path).is_file():
+                    self.problems.append(f"config key {key!r} = {path!r}: no such file")
+                    continue
+                report = validate_manifest(load_manifest(path), vcfg, cfg.prompt_builder(tok))
+                self.report_manifest(key, path, report)
+        except Exception as e:                      # noqa: BLE001 - report, keep validating the rest
+            self.problems.append(f"data: {type(e).__name__}: {e}")
+
+    def report_manifest(self, key: str, path: str, report) -> None:
+        cfg = self.cfg
+        self.out(f"  {key}: {path}: {report.summary()}")
+        for b in report.bad:
+            self.out(f"    bad record {b.id} (index {b.index}): {b.reason}")
+        if report.bad and cfg.bad_records == "stop":
+            self.problems.append(f"{key}: {len(report.bad)} bad records and bad_records = 'stop'")
+        if cfg.stage == 2 and cfg.cache_hidden_states and len(report.good) and self.shape is not None:
+            self.cache_cost(report)
+        if key == "train_manifest" and len(report.good):
+            self.schedule(report)
+
+    def cache_cost(self, report) -> None:
+        """One cached state per supervised response token (the answer ids incl. its end-of-turn)."""
+        cfg, width = self.cfg, self.shape.hidden_size
+        states = report.n_answer[report.good].clip(min=0).astype("int64")
+        per = 2 if cfg.cache_dtype == "bf16" else 4
+        disk = float(states.sum()) * width * per
+        self.out(f"    hidden-state cache ({cfg.cache_dtype}): ~{states.mean():.0f} states x {width} x {per} B = "
+                 f"{disk / len(states) / 1e6:.3f} MB/sample, {disk / 1e9:.3f} GB under "
+                 f"{cfg.cache_dir or Path(cfg.output_dir) / 'hidden_cache'}")
+
+    def schedule(self, report) -> None:
+        from omni_ds.data.sampler import DistributedBatchSampler
         from omni_ds.train.data import StepStream
-        tok = AutoTokenizer.from_pretrained(str(cfg.tokenizer_path or cfg.init_from or cfg.llm_path))
-        builder = cfg.prompt_builder(tok)
-        vcfg = ValidationConfig(stage=cfg.stage, mel_mode=cfg.omni.get("encoder_mode", "padded"),
-                                max_seconds=cfg.max_speech_seconds,
-                                speech_ds_rate=int(cfg.omni.get("speech_encoder_ds_rate", 5)))
-        for key in ("train_manifest", "val_manifest"):
-            path = getattr(cfg, key)
-            if not path:
-                continue
-            if not Path(path).is_file():
-                problems.append(f"config key {key!r} = {path!r}: no such file")
-                continue
-            report = validate_manifest(load_manifest(path), vcfg, builder)
-            out(f"  {key}: {path}: {report.summary()}")
-            for b in report.bad:
-                out(f"    bad record {b.id} (index {b.index}): {b.reason}")
-            if report.bad and cfg.bad_records == "stop":
-                problems.append(f"{key}: {len(report.bad)} bad records and bad_records = 'stop'")
-            if cfg.stage == 2 and cfg.cache_hidden_states and len(report.good) and shape is not None:
-                # one state per supervised response token (the answer ids incl. its end-of-turn)
-                states = report.n_answer[report.good].clip(min=0).astype("int64")
-                per = 2 if cfg.cache_dtype == "bf16" else 4
-                disk = float(states.sum()) * shape.hidden_size * per
-                out(f"    hidden-state cache ({cfg.cache_dtype}): ~{states.mean():.0f} states x "
-                    f"{shape.hidden_size} x {per} B = {disk / len(states) / 1e6:.3f} MB/sample, "
-                    f"{disk / 1e9:.3f} GB under {cfg.cache_dir or Path(cfg.output_dir) / 'hidden_cache'}")
-            if key == "train_manifest" and len(report.good):
-                lengths = report.lengths[report.good]
-                seq_len = int(lengths.max())
-                out(f"    LLM positions per sample: mean {lengths.mean():.0f}, max {seq_len} "
-                    "(memory is planned for the max)")
-                sampler = DistributedBatchSampler(lengths, micro, world, 0, cfg.seed, mode=cfg.batching,
-                                                  grad_accum=gas, max_tokens=cfg.max_tokens_per_batch)
-                stream = StepStream(None, sampler, gas, None)
-                from omni_ds.train.schedule import warmup_steps
-                total = cfg.max_steps or stream.total_steps(cfg.num_train_epochs)
-                if total < 1:
-                    problems.append(f"{len(report.good)} usable samples make no optimizer step of "
-                                    f"global batch {global_batch}")
-                out(f"  schedule: {stream.steps_in_epoch(0)} steps/epoch, {total} optimizer steps "
-                    f"({'max_steps' if cfg.max_steps else f'{cfg.num_train_epochs:g} epochs'}), "
-                    f"{warmup_steps(total, cfg.warmup_ratio)} warmup, {cfg.lr_scheduler_type}, peak lr "
-                    f"{cfg.learning_rate:g} (projector {cfg.projector_lr():g})")
-    except Exception as e:                      # noqa: BLE001 - report, keep validating the rest
-        problems.append(f"data: {type(e).__name__}: {e}")
+        from omni_ds.train.schedule import warmup_steps
+        cfg = self.cfg
+        lengths = report.lengths[report.good]
+        self.seq_len = int(lengths.max())
+        self.out(f"    LLM positions per sample: mean {lengths.mean():.0f}, max {self.seq_len} "
+                 "(memory is planned for the max)")
+        sampler = DistributedBatchSampler(lengths, self.micro, self.world, 0, cfg.seed, mode=cfg.batching,
+                                          grad_accum=self.gas, max_tokens=cfg.max_tokens_per_batch)
+        stream = StepStream(None, sampler, self.gas, None)
+        total = cfg.max_steps or stream.total_steps(cfg.num_train_epochs)
+        if total < 1:
+            self.problems.append(f"{len(report.good)} usable samples make no optimizer step of "
+                                 f"global batch {self.global_batch}")
+        self.out(f"  schedule: {stream.steps_in_epoch(0)} steps/epoch, {total} optimizer steps "
+                 f"({'max_steps' if cfg.max_steps else f'{cfg.num_train_epochs:g} epochs'}), "
+                 f"{warmup_steps(total, cfg.warmup_ratio)} warmup, {cfg.lr_scheduler_type}, peak lr "
+                 f"{cfg.learning_rate:g} (projector {cfg.projector_lr():g})")
 
-    # checkpoints
-    try:
+    def checkpoints(self) -> None:
         from omni_ds.train.checkpointing import CheckpointManager
-        ckpt = CheckpointManager(cfg.output_dir, cfg.save_total_limit, 0, 0, lambda: None)
-        where = ckpt.resolve(cfg.resume)
-        out(f"  checkpoints: {'resume from ' + str(where) if where else 'fresh start'} "
-            f"(output_dir {cfg.output_dir}, every {cfg.save_steps or 'end only'} steps, keep {cfg.save_total_limit})")
-    except (OSError, RuntimeError) as e:
-        problems.append(f"checkpoints: {e}")
-
-    # memory
-    fits = True
-    if shape is not None:
-        gpu_mem, name = device_memory(gpu, gpu_gib, problems)
-        fits = memory_report(cfg, ds, shape, world, micro, seq_len, gpu_mem, name, out)
-    for p in problems:
-        out(f"  ERROR {p}")
-    ok = not problems and fits
-    out("dry run: OK" if ok else "dry run: NOT READY")
-    return 0 if ok else 1
+        cfg = self.cfg
+        try:
+            where = CheckpointManager(cfg.output_dir, cfg.save_total_limit, 0, 0, lambda: None).resolve(cfg.resume)
+        except (OSError, RuntimeError) as e:
+            self.problems.append(f"checkpoints: {e}")
+            return
+        self.out(f"  checkpoints: {'resume from ' + str(where) if where else 'fresh start'} "
+                 f"(output_dir {cfg.output_dir}, every {cfg.save_steps or 'end only'} steps, keep "
+                 f"{cfg.save_total_limit})")
 
 
 def device_memory(gpu: Optional[str], gpu_gib: Optional[float], problems: list) -> tuple[Optional[float], str]:
@@ -215,9 +252,10 @@ def _ds_config_for(plan) -> str:
 
 
 def memory_report(cfg: TrainConfig, ds: dict, shape, world: int, micro: int, seq_len: int,
-                  gpu_mem: Optional[float], name: str, out=print) -> bool:
+                  device: tuple[Optional[float], str], out=print) -> bool:
     """Print the per-GPU memory estimate, the verdict and, when it does not fit, what fits
-    instead; True when it fits (or nothing is known to compare with)."""
+    instead; True when it fits (or nothing is known to compare with). `device`: (GiB, name)."""
+    gpu_mem, name = device
     plan = mem.estimate(shape, cfg.stage, zero_stage(ds), world, micro, seq_len, cfg.gradient_checkpointing,
                         cfg.precision, offload_optimizer(ds), offload_params(ds), cfg.freeze_backbone)
     out(f"  memory per GPU (sequence {seq_len} LLM positions): {plan.describe()}")
@@ -235,17 +273,17 @@ def memory_report(cfg: TrainConfig, ds: dict, shape, world: int, micro: int, seq
 
 
 def run_memory_check(cfg: TrainConfig, ds: dict, shape, world: int, micro: int, longest: int,
-                     gpu: Optional[str], gpu_gib: Optional[float], out=print) -> Optional[bool]:
+                     device: tuple[Optional[float], str], out=print) -> Optional[bool]:
     """The dry run's memory verdict at the start of a real run (rank 0), against the device at
     hand or --gpu / --gpu-memory-gib: a recipe that will not fit is named before it runs out of
     memory minutes in. It warns, not refuses: the estimate is a model. `shape`: model_shape(cfg),
     taken before the model is built (under ZeRO-3, transformers would partition even the
-    meta-device instance). None: nothing to compare."""
-    gpu_mem, name = device_memory(gpu, gpu_gib, [])
+    meta-device instance). `device`: device_memory()'s (GiB, name). None: nothing to compare."""
+    gpu_mem, name = device
     if gpu_mem is None or shape is None:
         out("  memory check: no CUDA device and no --gpu / --gpu-memory-gib: skipped")
         return None
-    fits = memory_report(cfg, ds, shape, world, micro, longest, gpu_mem, name, out)
+    fits = memory_report(cfg, ds, shape, world, micro, longest, device, out)
     if not fits:
         out(f"  WARNING: by this estimate the run does not fit {name}; it goes on, but expect an "
             "out-of-memory error: change the recipe as listed above")

@@ -7,4 +7,6 @@ kmeans              centroids from joblib .bin or .npy; nearest centroid as one 
 extract             batched, chunked (100 s) extraction whose units do not depend on batching
 loader, parts       audio loading in workers; resumable per-part output and the merge
 fairseq_backend     --backend fairseq (the reference code path, needs the `fairseq` extra)
+kmeans_pickle       the released k-means .bin through an allow-list unpickler (no code runs)
+job                 ExtractionJob + run_job: shards, resumable parts, the merge (tools/extract_units.py)
 """

@@ -119,6 +119,28 @@ class UnitExtractor:
                              f"HuBERT width {features.model.spec.embed_dim}")
         self.dedup = dedup
 
+    # ---- the backend interface (omni_ds.units.job), shared with fairseq_backend -----------------
+    @property
+    def sample_rate(self) -> int:
+        return self.fx.rate
+
+    def too_short(self, n_samples: int) -> str | None:
+        return self.fx.too_short(n_samples)
+
+    def try_precision(self, name: str, check_waves: list[np.ndarray]) -> str | None:
+        """Switch to bf16/fp16 only when it gives the fp32 units on `check_waves`; a note if not."""
+        want = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name)
+        if want is None:
+            return None
+        if self.fx.device.type == "cpu":
+            return "--dtype is GPU-only; using fp32 on CPU"
+        ref = self.units(check_waves)
+        self.fx.dtype = want
+        if self.units(check_waves) != ref:
+            self.fx.dtype = torch.float32
+            return f"{name} changed units on the check set; using fp32"
+        return None
+
     def frame_units(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
         """Per-frame unit ids (no merging), one LongTensor per utterance."""
         out: dict[int, torch.Tensor] = {}

@@ -40,6 +40,10 @@ class FairseqUnitExtractor:
             return f"audio too short: {n_samples} samples < {self._min} (one frame)"
         return None
 
+    def try_precision(self, name: str, check_waves) -> str | None:
+        """The reference path runs in fp32 only."""
+        return None if name == "fp32" else f"--backend fairseq runs in fp32; --dtype {name} ignored"
+
     @torch.inference_mode()
     def _frame_units(self, wave: np.ndarray) -> list[int]:
         x = torch.from_numpy(np.asarray(wave, dtype=np.float32)).to(self.device)

@@ -1,0 +1,34 @@
+"""The dry run plans with the run's own settings: the effective OmniConfig (init_from's
+config.json + overrides), so a stage-2 dry run on a trimmed stage-1 folder plans trimmed lengths."""
+import contextlib
+import io
+import json
+import re
+
+from omni_ds.train.config import load_config
+from omni_ds.train.demo import demo_stage2_config, write_tiny_stage2_setup
+from omni_ds.train.parts import build_data, build_model, effective_omni_config
+from omni_ds.train.recipe import REPO, main
+
+
+def test_stage2_dry_run_on_a_trimmed_folder_plans_the_runs_lengths(tmp_path):
+    d = write_tiny_stage2_setup(tmp_path / "demo")          # its stage-1 folder is trimmed-mode
+    path = tmp_path / "stage2.json"
+    path.write_text(json.dumps(demo_stage2_config(d, output_dir=str(tmp_path / "out"), report_to=[])))
+    cfg = load_config(str(path))
+    assert "encoder_mode" not in cfg.omni and effective_omni_config(cfg).encoder_mode == "trimmed"
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["--config", str(path), "--ds", str(REPO / "ds_configs" / "zero2.json"), "--dry-run",
+                   "--world-size", "2"], stage=2)
+    out = buf.getvalue()
+    assert rc == 0, out
+    planned = re.search(r"LLM positions per sample: mean (\d+), max (\d+)", out)
+
+    model, tok = build_model(cfg, {})
+    train, _, _ = build_data(cfg, model, tok, 2, 0, lambda msg: None)
+    assert model.omni_config.encoder_mode == "trimmed"
+    assert int(planned.group(2)) == int(max(train.lengths))
+    assert abs(int(planned.group(1)) - float(train.lengths.mean())) <= 0.5
+    assert int(planned.group(2)) < 300          # a padded plan has 300 speech positions alone
