@@ -13,7 +13,6 @@ refused. A backend is anything with `sample_rate`, `too_short(n)`, `units(waves)
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from omni_ds.data.manifest import file_digest
 from omni_ds.units import parts as P
 
 
@@ -57,15 +57,7 @@ class ExtractionJob:
         """What finished parts depend on: another value here means they cannot be reused."""
         return {"manifest": manifest.fingerprint, "records": len(manifest), "part_size": self.part_size,
                 "layer": self.layer, "dedup": self.dedup, "backend": self.backend,
-                "hubert_sha256": sha256(self.hubert), "kmeans_sha256": sha256(self.kmeans)}
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+                "hubert_sha256": file_digest(Path(self.hubert)), "kmeans_sha256": file_digest(Path(self.kmeans))}
 
 
 def build_backend(job: ExtractionJob, centers, device: str, batch_seconds: float):
