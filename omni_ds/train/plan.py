@@ -223,6 +223,10 @@ class DryRun:
         except (OSError, RuntimeError) as e:
             self.problems.append(f"checkpoints: {e}")
             return
+        from omni_ds.train.run_lock import held_by_other
+        holder = held_by_other(cfg.output_dir)
+        if holder:
+            self.problems.append(f"output_dir {cfg.output_dir} is in use by another run ({holder})")
         self.out(f"  checkpoints: {'resume from ' + str(where) if where else 'fresh start'} "
                  f"(output_dir {cfg.output_dir}, every {cfg.save_steps or 'end only'} steps, keep "
                  f"{cfg.save_total_limit})")

@@ -6,12 +6,16 @@ run itself is omni_ds.train.trainer.Trainer.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 from omni_ds.train.config import ConfigError, TrainConfig, load_config
 from omni_ds.train.ds_config import read_ds_config
+from omni_ds.train.run_lock import RunLocked
+from omni_ds.train.run_lock import acquire as acquire_run_lock
+from omni_ds.train.run_lock import release as release_run_lock
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,7 +71,17 @@ def run_cli(argv: list, stage: int) -> int:
     if args.dry_run:
         from omni_ds.train.plan import dry_run
         return dry_run(cfg, args.ds, ds_raw, args.world_size, args.gpu, args.gpu_memory_gib)
-    summary = run(cfg, args.ds, args.gpu, args.gpu_memory_gib)
+    lock = None
+    if int(os.environ.get("RANK", "0")) == 0:     # the launcher's rank 0 holds it for every rank
+        try:
+            lock = acquire_run_lock(cfg.output_dir)
+        except (RunLocked, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    try:
+        summary = run(cfg, args.ds, args.gpu, args.gpu_memory_gib)
+    finally:
+        release_run_lock(lock)
     return 0 if summary.get("status") == "completed" else 1
 
 
