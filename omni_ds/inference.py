@@ -64,6 +64,18 @@ def eos_token_ids(model: OmniSpeechModel, tokenizer) -> list[int]:
 
 
 @torch.no_grad()
+def instruction_audio_problem(wav: str | Path) -> Optional[str]:
+    """Why a spoken instruction cannot be answered (the validator's reasons: missing, corrupt,
+    non-finite samples, empty), or None."""
+    from omni_ds.data.validate import probe_audio
+    samples, _, error = probe_audio(str(wav))
+    if error:
+        return error
+    if samples == 0:
+        return f"empty audio: {wav} (0 samples)"
+    return None
+
+
 def answer(model: OmniSpeechModel, tokenizer, wav: str | Path, max_new_tokens: int = 256,
            instruction: str = DEFAULT_INSTRUCTION, system_prompt: str = SYSTEM_PROMPT,
            template: str = "llama3", double_bos: bool = False, stream_chunk_units: Optional[int] = None,
@@ -73,6 +85,9 @@ def answer(model: OmniSpeechModel, tokenizer, wav: str | Path, max_new_tokens: i
     double_bos reproduces the official inference's prompt, which can carry <|begin_of_text|>
     twice (template + tokenizer); omni_ds trains and answers with a single BOS by default.
     """
+    problem = instruction_audio_problem(wav)
+    if problem:
+        raise ValueError(problem)
     model.eval()
     builder = PromptBuilder(tokenizer, template=template, system_prompt=system_prompt, instruction=instruction)
     prompt = builder.build(None)["input_ids"]

@@ -48,6 +48,12 @@ def main(argv=None) -> int:
 
     if not Path(args.wav).exists():
         p.error(f"--wav {args.wav}: no such file")
+    from omni_ds.inference import instruction_audio_problem
+    problem = instruction_audio_problem(args.wav)
+    if problem:
+        print(f"error: --wav {problem}", file=sys.stderr)
+        return 2
+    _say_if_cut(args.wav, args.json)
     model, tokenizer = load_omni_folder(args.model, dtype=getattr(torch, args.dtype))
     model.to(args.device)
     result = answer(model, tokenizer, args.wav, args.max_new_tokens, args.instruction, args.system_prompt,
@@ -70,6 +76,16 @@ def main(argv=None) -> int:
         print(f"token_ids: {result['token_ids']}")
         print(f"units:     {result['units']}")
     return 0
+
+
+def _say_if_cut(wav: str, quiet: bool) -> None:
+    """The encoder hears at most 30 s (as the official code): say so when the clip is longer."""
+    import soundfile as sf
+    from omni_ds.constants import N_SAMPLES, SAMPLE_RATE
+    seconds = sf.info(wav).duration
+    if seconds > N_SAMPLES / SAMPLE_RATE:
+        print(f"note: {wav} is {seconds:.1f} s; the speech encoder hears its first "
+              f"{N_SAMPLES / SAMPLE_RATE:.0f} s", file=sys.stderr if quiet else sys.stdout)
 
 
 if __name__ == "__main__":
