@@ -1,10 +1,20 @@
 """Helpers for tests that start real DeepSpeed launches (shared by the multi-process tests)."""
+import importlib.util
 import os
 import socket
 import sys
 from pathlib import Path
 
 DEEPSPEED = str(Path(sys.executable).with_name("deepspeed"))
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_tool(name: str):
+    """tools/<name>.py as a module (the tools are scripts, not a package), to call its main()."""
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", REPO / "tools" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def free_port() -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from omni_ds.train.demo import demo_stage1_config, write_tiny_setup
-from launcher import DEEPSPEED, free_port, launcher_env
+from launcher import DEEPSPEED, free_port, launcher_env, load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 420
@@ -157,18 +157,12 @@ def test_resume_continues_the_uninterrupted_run(runs):
     assert sorted(got_order) == sorted(ref_order)
 
 
-def _tool(path):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(Path(path).stem, REPO / path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_export_consolidates_zero3_checkpoint(runs, tmp_path):
     from safetensors.torch import load_file
     out = tmp_path / "exported"
-    assert _tool("tools/export.py").main(["--checkpoint", str(runs["out"]["z3"]), "--out", str(out),
+    assert load_tool("export").main(["--checkpoint", str(runs["out"]["z3"]), "--out", str(out),
                                           "--dtype", "fp32"]) == 0
     exported = load_file(str(out / "model.safetensors"))
     final = load_file(str(runs["out"]["z3"] / "final" / "model.safetensors"))    # 16-bit gather at the end

@@ -130,11 +130,12 @@ def test_kill_and_resume_equals_uninterrupted_run(env, reference, tmp_path):
     cmd = [sys.executable, str(TOOL), *_args(env, out, "--part-size", "1")]
     cmd[cmd.index("--workers") + 1] = "1"          # a real loader worker process in the killed run
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and not list(parts.glob("part-*.jsonl")) and proc.poll() is None:
         time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
+    # The whole process group, as a scheduler kills a job: the loader worker must not outlive it.
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done = len(list(parts.glob("part-*.jsonl")))
     assert 0 < done < 33, f"kill did not land mid-run ({done} parts written)"
