@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     torch.manual_seed(cfg.seed)
     model, tok = build_model(cfg, {})
     model.train()
-    opt = torch.optim.AdamW(for_optimizer(build_param_groups(model, cfg)), lr=cfg.learning_rate)
+    opt = torch.optim.AdamW(for_optimizer(build_param_groups(model, cfg)), lr=cfg.optim.learning_rate)
     sched = make_scheduler_factory(total, 0, "cosine", 0.0)(opt)
     params = [p for p in model.parameters() if p.requires_grad]
     sampler = DistributedBatchSampler(run.train_set.lengths, args.micro, 1, 0, cfg.seed, grad_accum=args.gas)
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
             for b in micro:
                 out = model(**b)
                 (out["loss_sum"] / n_step).backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)

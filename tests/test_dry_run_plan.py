@@ -16,7 +16,7 @@ def test_stage2_dry_run_on_a_trimmed_folder_plans_the_runs_lengths(tmp_path):
     path = tmp_path / "stage2.json"
     path.write_text(json.dumps(demo_stage2_config(d, output_dir=str(tmp_path / "out"), report_to=[])))
     cfg = load_config(str(path))
-    assert "encoder_mode" not in cfg.omni and effective_omni_config(cfg).encoder_mode == "trimmed"
+    assert "encoder_mode" not in cfg.model.omni and effective_omni_config(cfg).encoder_mode == "trimmed"
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):

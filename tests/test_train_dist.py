@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from omni_ds.train.demo import demo_stage1_config, write_tiny_setup
+from omni_ds.train.demo import demo_stage1_config, with_overrides, write_tiny_setup
 from launcher import DEEPSPEED, free_port, launcher_env, load_tool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,10 +185,10 @@ def test_dry_run_catches_8b_zero2_on_four_l40(tmp_path, runs, capsys, monkeypatc
     rows = [json.loads(line) for line in open(runs["root"] / "data" / "train.jsonl")]
     manifest = tmp_path / "train.jsonl"          # 40 records: more than one global batch of 32
     manifest.write_text("".join(json.dumps(dict(r, id=f"{r['id']}_{k}")) + "\n" for k in range(4) for r in rows))
-    cfg = json.loads(Path("launch/configs/stage1.json").read_text())
-    cfg.update(whisper_path=str(whisper), llm_path=str(llm), output_dir=str(tmp_path / "o"),
-               tokenizer_path=str(runs["root"] / "data" / "models" / "tokenizer"),
-               train_manifest=str(manifest), val_manifest=None)
+    cfg = with_overrides(json.loads(Path("launch/configs/stage1.json").read_text()), {
+        "model.whisper_path": str(whisper), "model.llm_path": str(llm), "output_dir": str(tmp_path / "o"),
+        "model.tokenizer_path": str(runs["root"] / "data" / "models" / "tokenizer"),
+        "data.train_manifest": str(manifest), "data.val_manifest": None})
     path = tmp_path / "stage1.json"
     path.write_text(json.dumps(cfg))
     from omni_ds.train.recipe import main

@@ -159,7 +159,7 @@ def test_a_changed_model_gives_a_new_cache_key(runs, tmp_path):
     from omni_ds.train.config import build_config
     from omni_ds.train.parts import cache_settings
     cfg = build_config({k: v for k, v in runs["cfg"]["cached"].items() if k != "_comment"})
-    model, _ = load_omni_folder(src, omni_overrides=cfg.omni, with_speech_generator=True)
+    model, _ = load_omni_folder(src, omni_overrides=cfg.model.omni, with_speech_generator=True)
     settings = cache_settings(cfg, model)
     assert cache_key(src, manifest, settings) == key               # the trainer's key, recomputed
     copy = tmp_path / "model"

@@ -15,7 +15,6 @@ own front end and decoder), the LLM must still answer a text question correctly.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import time
@@ -146,64 +145,31 @@ def prepare_data(out: Path, log: Callable) -> dict:
 # ---- the stage-1 config ----------------------------------------------------------------------------
 # Training-config keys this variant needs beyond the ones every config has. The LLM is SmolLM2
 # (ChatML), so the prompt must come from the tokenizer's chat template, not the Llama-3 format.
-TEMPLATE_KEYS = ("prompt_template", "template", "chat_template")
-
-
-def stage1_config(out: Path, config_fields: set[str]) -> tuple[dict, list[str]]:
-    """DIR/stage1.json for this variant and the list of needed keys TrainConfig lacks."""
+def stage1_config(out: Path) -> dict:
+    """DIR/stage1.json for this variant (SmolLM2 is ChatML: the tokenizer's own chat template)."""
     out = out.resolve()
-    cfg = {
+    return {
         "_comment": "real-small stage 1: Whisper tiny.en (80 mels, trimmed) + SmolLM2-135M-Instruct on "
                     "56 spoken questions (8 epochs); deepspeed --num_gpus 1 launch/stage1.py --config DIR/stage1.json "
                     "--ds ds_configs/zero2.json",
-        "_why_frozen": "the projector alone is trained (freeze_backbone): on 56 questions the LLM keeps what it "
-                       "knows and the projector must make the speech readable to it. Measured on 2 shared cores, "
-                       "42 steps: val loss 1.03 frozen vs 1.16 with the LLM trained too (which then recites "
-                       "training answers); --set freeze_backbone=false trains both as LLaMA-Omni's stage 1 does.",
-        "stage": 1,
-        "whisper_path": str(out / "models" / "whisper"),
-        "llm_path": str(out / "models" / "llm"),
+        "_why_frozen": "the projector alone is trained (model.freeze_backbone): on 56 questions the LLM keeps "
+                       "what it knows and the projector must make the speech readable to it. Measured on 2 shared "
+                       "cores, 42 steps: val loss 1.03 frozen vs 1.16 with the LLM trained too (which then recites "
+                       "training answers); --set model.freeze_backbone=false trains both as LLaMA-Omni's stage 1 does.",
+        "stage": 1, "output_dir": str(out / "out"), "precision": "fp32", "seed": 0,
         # A small CTC decoder so stage 2 can run on a laptop (stage 1 does not train it).
-        "omni": {"encoder_mode": "trimmed", "ctc_decoder_config": "(2,256,4,768)"},
-        "train_manifest": str(out / "train.jsonl"),
-        "val_manifest": str(out / "val.jsonl"),
-        "output_dir": str(out / "out"),
-        "per_device_train_batch_size": 8,
-        "global_batch_size": 8,
-        "freeze_backbone": True,
-        "max_steps": 56,
-        "learning_rate": 1e-4,
-        "speech_projector_lr": 1e-3,
-        "lr_scheduler_type": "cosine",
-        "warmup_ratio": 0.1,
-        "weight_decay": 0.0,
-        "max_grad_norm": 1.0,
-        "precision": "fp32",
-        "save_steps": 0,
-        "save_total_limit": 1,
-        "eval_steps": 0,
-        "per_device_eval_batch_size": 8,
-        "logging_steps": 1,
-        "report_to": [],
-        "seed": 0,
+        "model": {"whisper_path": str(out / "models" / "whisper"), "llm_path": str(out / "models" / "llm"),
+                  "omni": {"encoder_mode": "trimmed", "ctc_decoder_config": "(2,256,4,768)"},
+                  "freeze_backbone": True},
+        "data": {"train_manifest": str(out / "train.jsonl"), "val_manifest": str(out / "val.jsonl"),
+                 "prompt_template": "tokenizer"},
+        "batch": {"per_device_train_batch_size": 8, "global_batch_size": 8},
+        "optim": {"max_steps": 56, "learning_rate": 1e-4, "speech_projector_lr": 1e-3, "lr_scheduler_type": "cosine",
+                  "warmup_ratio": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0},
+        "checkpoint": {"every_steps": 0, "keep_last": 1},
+        "eval": {"every_steps": 0, "batch_size": 8},
+        "log": {"every_steps": 1, "report_to": []},
     }
-    missing = []
-    key = next((k for k in TEMPLATE_KEYS if k in config_fields), None)
-    if key:
-        cfg[key] = "tokenizer"
-    else:
-        missing.append("a prompt-template key (e.g. prompt_template = \"tokenizer\"): SmolLM2 is ChatML, "
-                       "the default Llama-3 prompt cannot be built with its tokenizer")
-    unknown = [k for k in cfg if not k.startswith("_") and k not in config_fields]
-    for k in unknown:
-        cfg.pop(k)
-        missing.append(f"{k} (not a TrainConfig key here)")
-    return cfg, missing
-
-
-def train_config_fields() -> set[str]:
-    from omni_ds.train.config import TrainConfig
-    return {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def prepare(out: Path, log: Callable = print, install: bool = True) -> dict:
@@ -258,12 +224,8 @@ def _prepare(out: Path, log: Callable, summary: dict, timings: dict) -> dict:
     timings["llm"] = time.time() - t
 
     log("[5/5] stage-1 config")
-    cfg, missing = stage1_config(out, train_config_fields())
-    (out / "stage1.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    (out / "stage1.json").write_text(json.dumps(stage1_config(out), indent=2) + "\n")
     log(f"  wrote {out / 'stage1.json'}")
-    for m in missing:
-        log(f"  WARNING: stage1.json lacks {m}")
-    summary["stage1_missing_keys"] = missing
 
     sizes = {"models/whisper": folder_bytes(out / "models" / "whisper"),
              "models/llm": folder_bytes(out / "models" / "llm"),

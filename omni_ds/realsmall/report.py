@@ -26,8 +26,8 @@ def load_model(cfg, model_arg: str):
     from omni_ds.model.omni_config import OmniConfig
     if model_arg == "init":
         torch.manual_seed(cfg.seed)
-        model, tok = build_from_parts(cfg.whisper_path, cfg.llm_path, OmniConfig(**cfg.omni),
-                                      tokenizer_path=cfg.tokenizer_path, dtype=torch.float32)
+        model, tok = build_from_parts(cfg.model.whisper_path, cfg.model.llm_path, OmniConfig(**cfg.model.omni),
+                                      tokenizer_path=cfg.model.tokenizer_path, dtype=torch.float32)
     else:
         model, tok = load_omni_folder(model_arg, dtype=torch.float32)
     model.set_stage(1)
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    manifest = args.manifest or cfg.val_manifest
+    manifest = args.manifest or cfg.data.val_manifest
     if not manifest:
         print(f"error: {args.config}: no val_manifest and no --manifest", file=sys.stderr)
         return 2
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     res.update(model=args.model, load_seconds=load_seconds)
     if args.train_answers:
         from omni_ds.data.manifest import load_manifest
-        train = load_manifest(cfg.train_manifest)
+        train = load_manifest(cfg.data.train_manifest)
         step = max(len(train) // args.train_answers, 1)
         res["train_answers"] = greedy_answers(model, tok, builder, train,
                                               range(0, len(train), step)[:args.train_answers], args.max_new_tokens)

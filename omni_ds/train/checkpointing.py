@@ -95,9 +95,9 @@ class CheckpointManager:
         elif p.is_dir() and (p / "checkpoints" / LATEST).is_file():   # an output_dir
             p = p / "checkpoints" / (p / "checkpoints" / LATEST).read_text().strip()
         if not p.is_dir():
-            raise FileNotFoundError(f"config key 'resume' = {resume!r}: no such checkpoint directory")
+            raise FileNotFoundError(f"config key 'checkpoint.resume' = {resume!r}: no such checkpoint directory")
         if not is_complete(p):
-            raise RuntimeError(f"config key 'resume' = {resume!r}: {p} is incomplete (no {STATE_FILE}; "
+            raise RuntimeError(f"config key 'checkpoint.resume' = {resume!r}: {p} is incomplete (no {STATE_FILE}; "
                                "a save was interrupted); choose an earlier checkpoint")
         return p
 

@@ -97,13 +97,13 @@ def build_dataset(path: str, tokenizer, cfg, encoder_mode: str, ds_rate: int = 5
     from omni_ds.data.manifest import load_manifest
     from omni_ds.data.validate import ValidationConfig, validate_manifest
     builder = cfg.prompt_builder(tokenizer)
-    vcfg = ValidationConfig(stage=cfg.stage, mel_mode=encoder_mode, max_seconds=cfg.max_speech_seconds,
+    vcfg = ValidationConfig(stage=cfg.stage, mel_mode=encoder_mode, max_seconds=cfg.data.max_speech_seconds,
                             speech_ds_rate=ds_rate, on_bad="skip")
     manifest = load_manifest(path)
     report = validate_manifest(manifest, vcfg, builder)
     for b in report.bad:
         log(f"bad record {b.id} ({path}, index {b.index}): {b.reason}")
-    if report.bad and cfg.bad_records == "stop":
+    if report.bad and cfg.data.on_bad == "error":
         raise RuntimeError(f"{path}: {len(report.bad)} bad record(s) (listed above) and bad_records = \"stop\"")
     if report.bad:
         log(f"{path}: skipping {len(report.bad)} bad record(s); {report.summary()}")

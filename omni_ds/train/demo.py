@@ -25,36 +25,26 @@ ANSWERS = [
 def demo_stage1_config(demo_dir: str | Path, **overrides) -> dict:
     """Stage 1 training config for the demo data and tiny models under `demo_dir`
     (DIR/train.jsonl, DIR/val.jsonl, DIR/models/whisper, DIR/models/llm): 2 CPU ranks, fp32,
-    trimmed encoder (the clips are a few seconds), enough steps for the tiny model to learn."""
+    trimmed encoder (the clips are a few seconds), enough steps for the tiny model to learn.
+    `overrides` take any key spelling the config accepts (`max_steps`, `optim.max_steps`)."""
     d = Path(demo_dir).resolve()
     cfg = {
         "_comment": "deepspeed --num_gpus 2 launch/stage1.py --config DIR/stage1.json --ds ds_configs/zero2.json",
-        "stage": 1,
-        "whisper_path": str(d / "models" / "whisper"),
-        "llm_path": str(d / "models" / "llm"),
-        "omni": {"speech_projector_hidden_size": 128, "ctc_decoder_config": "(2,64,4,128)",
-                 "encoder_mode": "trimmed"},
-        "train_manifest": str(d / "train.jsonl"),
-        "val_manifest": str(d / "val.jsonl") if (d / "val.jsonl").exists() else None,
-        "output_dir": str(d / "runs" / "stage1"),
-        "per_device_train_batch_size": 2,
-        "global_batch_size": 4,
-        "num_train_epochs": 60,
-        "learning_rate": 3e-3,
-        "warmup_ratio": 0.03,
-        "weight_decay": 0.0,
-        "precision": "fp32",
-        "max_grad_norm": 1.0,
-        "save_steps": 100,
-        "save_total_limit": 1,
-        "eval_steps": 0,
-        "logging_steps": 5,
-        "report_to": ["tensorboard"],
-        "seed": 0,
-        "cache_in_memory": True,
+        "stage": 1, "precision": "fp32", "seed": 0, "output_dir": str(d / "runs" / "stage1"),
+        "model": {"whisper_path": str(d / "models" / "whisper"), "llm_path": str(d / "models" / "llm"),
+                  "omni": {"speech_projector_hidden_size": 128, "ctc_decoder_config": "(2,64,4,128)",
+                           "encoder_mode": "trimmed"}},
+        "data": {"train_manifest": str(d / "train.jsonl"),
+                 "val_manifest": str(d / "val.jsonl") if (d / "val.jsonl").exists() else None,
+                 "cache_in_memory": True},
+        "batch": {"per_device_train_batch_size": 2, "global_batch_size": 4},
+        "optim": {"num_train_epochs": 60, "learning_rate": 3e-3, "warmup_ratio": 0.03, "weight_decay": 0.0,
+                  "max_grad_norm": 1.0},
+        "checkpoint": {"every_steps": 100, "keep_last": 1},
+        "eval": {"every_steps": 0},
+        "log": {"every_steps": 5, "report_to": ["tensorboard"]},
     }
-    cfg.update(overrides)
-    return cfg
+    return with_overrides(cfg, overrides)
 
 
 def demo_stage2_config(demo_dir: str | Path, **overrides) -> dict:
@@ -65,33 +55,26 @@ def demo_stage2_config(demo_dir: str | Path, **overrides) -> dict:
     d = Path(demo_dir).resolve()
     cfg = {
         "_comment": "deepspeed --num_gpus 2 launch/stage2.py --config DIR/stage2.json --ds ds_configs/zero2.json",
-        "stage": 2,
-        "init_from": str(d / "runs" / "stage1" / "final"),
-        "omni": {"ctc_decoder_config": "(2,64,4,128)"},     # the demo stage 1's tiny decoder shape
-        "train_manifest": str(d / "train_units.jsonl"),
-        "val_manifest": str(d / "val_units.jsonl"),
-        "output_dir": str(d / "runs" / "stage2"),
-        "cache_hidden_states": True,
-        "cache_dir": str(d / "runs" / "hidden_cache"),
-        "cache_dtype": "fp32",
-        "per_device_train_batch_size": 2,
-        "global_batch_size": 4,
-        "num_train_epochs": 250,
-        "learning_rate": 5e-3,
-        "lr_scheduler_type": "cosine",
-        "warmup_ratio": 0.03,
-        "weight_decay": 0.0,
-        "precision": "fp32",
-        "max_grad_norm": 1.0,
-        "save_steps": 200,
-        "save_total_limit": 1,
-        "eval_steps": 0,
-        "per_device_eval_batch_size": 2,
-        "logging_steps": 10,
-        "report_to": ["tensorboard"],
-        "seed": 0,
+        "stage": 2, "precision": "fp32", "seed": 0, "output_dir": str(d / "runs" / "stage2"),
+        "model": {"init_from": str(d / "runs" / "stage1" / "final"),
+                  "omni": {"ctc_decoder_config": "(2,64,4,128)"}},   # the demo stage 1's tiny decoder shape
+        "data": {"train_manifest": str(d / "train_units.jsonl"), "val_manifest": str(d / "val_units.jsonl"),
+                 "cache_hidden_states": True, "cache_dir": str(d / "runs" / "hidden_cache"), "cache_dtype": "fp32"},
+        "batch": {"per_device_train_batch_size": 2, "global_batch_size": 4},
+        "optim": {"num_train_epochs": 250, "learning_rate": 5e-3, "lr_scheduler_type": "cosine",
+                  "warmup_ratio": 0.03, "weight_decay": 0.0, "max_grad_norm": 1.0},
+        "checkpoint": {"every_steps": 200, "keep_last": 1},
+        "eval": {"every_steps": 0, "batch_size": 2},
+        "log": {"every_steps": 10, "report_to": ["tensorboard"]},
     }
-    cfg.update(overrides)
+    return with_overrides(cfg, overrides)
+
+
+def with_overrides(cfg: dict, overrides: dict) -> dict:
+    """`cfg` (nested) with each override set at its section's place."""
+    from omni_ds.train.config import set_key
+    for key, value in overrides.items():
+        set_key(cfg, key, value)
     return cfg
 
 

@@ -59,7 +59,7 @@ def fill_ds_config(ds_in: dict, cfg: TrainConfig, world_size: int, hidden_size: 
     settle(ds, "train_micro_batch_size_per_gpu", micro, "train_micro_batch_size_per_gpu")
     settle(ds, "gradient_accumulation_steps", gas, "gradient_accumulation_steps")
     settle(ds, "train_batch_size", global_batch, "train_batch_size")
-    settle(ds, "gradient_clipping", float(cfg.max_grad_norm), "gradient_clipping")
+    settle(ds, "gradient_clipping", float(cfg.optim.max_grad_norm), "gradient_clipping")
 
     for name in ("bf16", "fp16"):
         sec = ds.setdefault(name, {})
@@ -74,11 +74,11 @@ def fill_ds_config(ds_in: dict, cfg: TrainConfig, world_size: int, hidden_size: 
     opt = ds.get("optimizer")
     if opt is not None:
         params = opt.setdefault("params", {})
-        settle(params, "lr", cfg.learning_rate, "optimizer.params.lr")
-        settle(params, "weight_decay", cfg.weight_decay, "optimizer.params.weight_decay")
-        settle(params, "eps", cfg.adam_epsilon, "optimizer.params.eps")
+        settle(params, "lr", cfg.optim.learning_rate, "optimizer.params.lr")
+        settle(params, "weight_decay", cfg.optim.weight_decay, "optimizer.params.weight_decay")
+        settle(params, "eps", cfg.optim.adam_epsilon, "optimizer.params.eps")
         betas = params.get("betas", "auto")
-        want = [cfg.adam_beta1, cfg.adam_beta2]
+        want = [cfg.optim.adam_beta1, cfg.optim.adam_beta2]
         if betas == "auto":
             params["betas"] = want
         elif list(betas) != want:

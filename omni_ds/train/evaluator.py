@@ -21,13 +21,13 @@ class Evaluator:
 
     def __init__(self, engine, val, collate, cfg, rank: int, world: int):
         self.engine, self.val, self.collate, self.cfg = engine, val, collate, cfg
-        bs = cfg.per_device_eval_batch_size
+        bs = cfg.eval.batch_size
         self.chunks = [list(range(i, min(i + bs, len(val)))) for i in range(0, len(val), bs)]
         self.mine = self.chunks[rank::world]
         self.n_batches = math.ceil(len(self.chunks) / world)
 
     def due(self, step: int, total_steps: int) -> bool:
-        return bool(self.cfg.eval_steps) and step % self.cfg.eval_steps == 0 and step < total_steps
+        return bool(self.cfg.eval.every_steps) and step % self.cfg.eval.every_steps == 0 and step < total_steps
 
     def __call__(self) -> dict:
         batches = [self.collate([self.val[i] for i in c]) for c in self.mine]

@@ -37,20 +37,20 @@ class Observer:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         self.jsonl = open(self.out / "metrics.jsonl", "a")
-        if cfg.progress_bar:
+        if cfg.log.progress_bar:
             from tqdm import tqdm
             self.bar = tqdm(total=total_steps, initial=start_step, desc=f"stage {cfg.stage}",
                             unit="step", dynamic_ncols=True)
-        if "tensorboard" in cfg.report_to:
+        if "tensorboard" in cfg.log.report_to:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(self.out / "tensorboard"))
-        if "wandb" in cfg.report_to:
+        if "wandb" in cfg.log.report_to:
             try:
                 import wandb
             except ImportError:
                 raise RuntimeError("report_to includes 'wandb' but wandb is not installed: "
                                    "pip install wandb (or remove it from report_to)") from None
-            self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.run_name, config=run_info,
+            self.wandb = wandb.init(project=cfg.log.wandb_project, name=cfg.log.run_name, config=run_info,
                                     dir=str(self.out), resume="allow")
 
     def log(self, step: int, scalars: dict, prefix: str = "train") -> None:

@@ -40,7 +40,7 @@ def module_of(name: str) -> str:
 def build_param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     """Optimizer parameter groups; each carries a `name` ("llm", "llm_no_decay", "projector", ...)
     so lrs can be logged and read back per group. Empty groups are dropped."""
-    lr_of = {"projector": cfg.projector_lr()}
+    lr_of = {"projector": cfg.optim.projector_lr()}
     groups: dict[str, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -50,13 +50,13 @@ def build_param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
         key = mod + ("_no_decay" if nd else "")
         if key not in groups:
             groups[key] = {"name": key, "params": [], "param_names": [],
-                           "lr": lr_of.get(mod, cfg.learning_rate),
-                           "weight_decay": 0.0 if nd else cfg.weight_decay}
+                           "lr": lr_of.get(mod, cfg.optim.learning_rate),
+                           "weight_decay": 0.0 if nd else cfg.optim.weight_decay}
         groups[key]["params"].append(p)
         groups[key]["param_names"].append(name)
     if not groups:
         raise RuntimeError(f"stage {cfg.stage}: no trainable parameters (freeze_backbone="
-                           f"{cfg.freeze_backbone}); nothing to optimise")
+                           f"{cfg.model.freeze_backbone}); nothing to optimise")
     order = ["projector", "projector_no_decay", "llm", "llm_no_decay", "speech_generator",
              "speech_generator_no_decay", "other", "other_no_decay"]
     return [groups[k] for k in order if k in groups]

@@ -52,22 +52,22 @@ def build_model(cfg: TrainConfig, ds: dict, dtype: Optional[torch.dtype] = None)
         # partitioned by deepspeed.initialize: under zero.Init, transformers' WhisperEncoder
         # init writes sinusoids into an already-partitioned (0-sized) position table and fails.
     omni = effective_omni_config(cfg)
-    if cfg.init_from:
+    if cfg.model.init_from:
         # stage 2: a stage-1 folder without a decoder gets a freshly initialised one (seeded)
-        model, tok = load_omni_folder(cfg.init_from, dtype=dtype, omni_overrides=cfg.omni or None,
-                                      attn_implementation=cfg.attn_implementation,
+        model, tok = load_omni_folder(cfg.model.init_from, dtype=dtype, omni_overrides=cfg.model.omni or None,
+                                      attn_implementation=cfg.model.attn_implementation,
                                       with_speech_generator=_with_generator(cfg))
     else:
-        model, tok = build_from_parts(cfg.whisper_path, cfg.llm_path, omni, tokenizer_path=cfg.tokenizer_path,
-                                      dtype=dtype, attn_implementation=cfg.attn_implementation)
+        model, tok = build_from_parts(cfg.model.whisper_path, cfg.model.llm_path, omni, tokenizer_path=cfg.model.tokenizer_path,
+                                      dtype=dtype, attn_implementation=cfg.model.attn_implementation)
     if model.omni_config.replace(speech_encoder=omni.speech_encoder) != omni:
         raise RuntimeError(f"the model's OmniConfig {model.omni_config} is not the planned {omni}")
     model._omni_ds_hf_ds_config = keep
-    model.set_stage(cfg.stage, freeze_backbone=cfg.freeze_backbone)
+    model.set_stage(cfg.stage, freeze_backbone=cfg.model.freeze_backbone)
     for name, p in model.named_parameters():
         if name.startswith("speech_encoder.") and p.requires_grad:
             raise RuntimeError(f"{name}: the Whisper encoder must stay frozen")
-    if cfg.gradient_checkpointing:
+    if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     check_parameter_dtypes(model, dtype)
     return model, tok
@@ -76,7 +76,7 @@ def build_model(cfg: TrainConfig, ds: dict, dtype: Optional[torch.dtype] = None)
 def _with_generator(cfg: TrainConfig) -> Optional[bool]:
     """Stage 2 always has the CTC decoder; stage 1 from parts builds none (425.6 M frozen
     parameters at full size) unless asked; stage 1 from a folder keeps what the folder has."""
-    return True if cfg.stage == 2 else (None if cfg.init_from else False)
+    return True if cfg.stage == 2 else (None if cfg.model.init_from else False)
 
 
 def effective_omni_config(cfg: TrainConfig):
@@ -86,13 +86,13 @@ def effective_omni_config(cfg: TrainConfig):
     from omni_ds.model.checkpoint import folder_omni_config
     from omni_ds.model.omni_config import OmniConfig
     try:
-        if cfg.init_from:
-            raw = json.loads((Path(cfg.init_from) / "config.json").read_text())
-            return folder_omni_config(raw, cfg.omni or None, _with_generator(cfg))
-        overrides = {"with_speech_generator": _with_generator(cfg), **cfg.omni}
-        return OmniConfig(**overrides).replace(speech_encoder=str(cfg.whisper_path))
+        if cfg.model.init_from:
+            raw = json.loads((Path(cfg.model.init_from) / "config.json").read_text())
+            return folder_omni_config(raw, cfg.model.omni or None, _with_generator(cfg))
+        overrides = {"with_speech_generator": _with_generator(cfg), **cfg.model.omni}
+        return OmniConfig(**overrides).replace(speech_encoder=str(cfg.model.whisper_path))
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"config key 'omni' = {cfg.omni!r}: {e}") from None
+        raise ConfigError(f"config key 'model.omni' = {cfg.model.omni!r}: {e}") from None
 
 
 def check_parameter_dtypes(model, dtype: torch.dtype) -> None:
@@ -111,15 +111,15 @@ def build_data(cfg: TrainConfig, model, tokenizer, world: int, rank: int, log):
     from omni_ds.train.data import InMemory, build_dataset
     omni = model.omni_config
     args = (tokenizer, cfg, omni.encoder_mode, omni.speech_encoder_ds_rate, log, model.speech_encoder.config.num_mel_bins)
-    train = build_dataset(cfg.train_manifest, *args)
-    val = build_dataset(cfg.val_manifest, *args) if cfg.val_manifest else None
-    if val is not None and cfg.eval_max_samples:
-        val.indices = val.indices[: cfg.eval_max_samples]
-    if cfg.cache_in_memory:
+    train = build_dataset(cfg.data.train_manifest, *args)
+    val = build_dataset(cfg.data.val_manifest, *args) if cfg.data.val_manifest else None
+    if val is not None and cfg.eval.max_samples:
+        val.indices = val.indices[: cfg.eval.max_samples]
+    if cfg.data.cache_in_memory:
         train, val = InMemory(train), (InMemory(val) if val is not None else None)
     micro, gas, _ = cfg.batch_geometry(world)
-    sampler = DistributedBatchSampler(train.lengths, micro, world, rank, cfg.seed, mode=cfg.batching,
-                                      grad_accum=gas, max_tokens=cfg.max_tokens_per_batch)
+    sampler = DistributedBatchSampler(train.lengths, micro, world, rank, cfg.seed, mode=cfg.batch.batching,
+                                      grad_accum=gas, max_tokens=cfg.batch.max_tokens_per_batch)
     return train, val, sampler
 
 
@@ -134,11 +134,11 @@ def build_engine(cfg: TrainConfig, model, ds: dict, total_steps: int, n_warmup: 
     opt_groups = for_optimizer(groups)
     optimizer = None
     if "optimizer" not in ds:
-        optimizer = torch.optim.AdamW(opt_groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                      eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(opt_groups, lr=cfg.optim.learning_rate, betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2),
+                                      eps=cfg.optim.adam_epsilon, weight_decay=cfg.optim.weight_decay)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, model_parameters=None if optimizer is not None else opt_groups,
-        lr_scheduler=make_scheduler_factory(total_steps, n_warmup, cfg.lr_scheduler_type, cfg.min_lr_ratio),
+        lr_scheduler=make_scheduler_factory(total_steps, n_warmup, cfg.optim.lr_scheduler_type, cfg.optim.min_lr_ratio),
         config=ds, dist_init_required=False)
     return engine, groups
 
@@ -148,10 +148,10 @@ def cache_settings(cfg: TrainConfig, model) -> dict:
     """Everything besides the model folder and the manifest that the cached states depend on."""
     omni = model.omni_config
     return {"omni": dataclasses.asdict(omni) if dataclasses.is_dataclass(omni) else vars(omni),
-            "omni_overrides": cfg.omni, "precision": cfg.precision, "cache_dtype": cfg.cache_dtype,
-            "prompt_template": cfg.prompt_template, "system_prompt": cfg.system_prompt,
-            "instruction": cfg.instruction, "model_max_length": cfg.model_max_length,
-            "max_speech_seconds": cfg.max_speech_seconds, "attn_implementation": cfg.attn_implementation}
+            "omni_overrides": cfg.model.omni, "precision": cfg.precision, "cache_dtype": cfg.data.cache_dtype,
+            "prompt_template": cfg.data.prompt_template, "system_prompt": cfg.data.system_prompt,
+            "instruction": cfg.data.instruction, "model_max_length": cfg.data.model_max_length,
+            "max_speech_seconds": cfg.data.max_speech_seconds, "attn_implementation": cfg.model.attn_implementation}
 
 
 def _gathered_encoder(model, ds: dict):
@@ -178,20 +178,20 @@ def attach_hidden_cache(engine, cfg: TrainConfig, ds: dict, sets: tuple, collate
     devices (1/world of their 16-bit weights per device) and are never gathered again."""
     from omni_ds.train.data import InMemory
     from omni_ds.train.hidden_cache import CachedStatesDataset, HiddenStateCache, cache_key
-    root = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.output_dir) / "hidden_cache"
+    root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.output_dir) / "hidden_cache"
     settings = cache_settings(cfg, engine.module)
-    info: dict = {"cache_dir": str(root), "cache_dtype": cfg.cache_dtype}
+    info: dict = {"cache_dir": str(root), "cache_dtype": cfg.data.cache_dtype}
     out = {}
     t0 = time.time()
-    for name, data, manifest in zip(("train", "val"), sets, (cfg.train_manifest, cfg.val_manifest)):
+    for name, data, manifest in zip(("train", "val"), sets, (cfg.data.train_manifest, cfg.data.val_manifest)):
         if data is None:
             out[name] = None
             continue
         base = data.dataset if isinstance(data, InMemory) else data       # the cache replaces RAM caching
-        key = cache_key(Path(cfg.init_from), Path(manifest), settings)
-        cache = HiddenStateCache(root, key, dtype=cfg.cache_dtype)
+        key = cache_key(Path(cfg.model.init_from), Path(manifest), settings)
+        cache = HiddenStateCache(root, key, dtype=cfg.data.cache_dtype)
         with _gathered_encoder(engine.module, ds):
-            built = cache.build(engine.module, base, collate, cfg.per_device_eval_batch_size, engine.device,
+            built = cache.build(engine.module, base, collate, cfg.eval.batch_size, engine.device,
                                 torch_dtype(cfg.precision), rank, world)
         log(f"hidden-state cache ({name}): {'built' if built else 'reused'} {cache.dir} "
             f"({cache.disk_bytes() / 1e6:.2f} MB for {len(base)} samples)")

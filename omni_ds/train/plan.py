@@ -26,25 +26,25 @@ def _n(x: float) -> str:
 
 def _llm_config(cfg: TrainConfig):
     from transformers import AutoConfig
-    if cfg.init_from:
-        raw = json.loads((Path(cfg.init_from) / "config.json").read_text())
+    if cfg.model.init_from:
+        raw = json.loads((Path(cfg.model.init_from) / "config.json").read_text())
         llm_type = raw.get("omni_ds", {}).get("llm_model_type", "llama")
         keep = {k: v for k, v in raw.items() if not k.startswith(("speech_", "ctc_", "omni_ds", "unit_"))
                 and k not in ("model_type", "architectures", "auto_map")}
         return AutoConfig.for_model(llm_type, **keep), raw
-    return AutoConfig.from_pretrained(cfg.llm_path), None
+    return AutoConfig.from_pretrained(cfg.model.llm_path), None
 
 
 def _whisper_dims(cfg: TrainConfig, omni_raw: Optional[dict]) -> dict:
-    if cfg.whisper_path and (Path(cfg.whisper_path) / "config.json").is_file():
-        w = json.loads((Path(cfg.whisper_path) / "config.json").read_text())
+    if cfg.model.whisper_path and (Path(cfg.model.whisper_path) / "config.json").is_file():
+        w = json.loads((Path(cfg.model.whisper_path) / "config.json").read_text())
         return {k: w[k] for k in ("d_model", "encoder_layers", "encoder_ffn_dim", "num_mel_bins",
                                   "max_source_positions")}
     if omni_raw and "speech_encoder_config" in omni_raw.get("omni_ds", {}):
         w = omni_raw["omni_ds"]["speech_encoder_config"]
         return {k: w[k] for k in ("d_model", "encoder_layers", "encoder_ffn_dim", "num_mel_bins",
                                   "max_source_positions")}
-    pt = Path(cfg.whisper_path) if cfg.whisper_path else None
+    pt = Path(cfg.model.whisper_path) if cfg.model.whisper_path else None
     if pt is not None and pt.suffix == ".pt" and pt.is_file():
         # openai-whisper checkpoints state their dims; mmap reads no weights
         d = torch.load(str(pt), map_location="cpu", weights_only=True, mmap=True).get("dims") or {}
@@ -98,7 +98,7 @@ class DryRun:
         self.shape, self.seq_len = None, 415
 
     def run(self, ds_path: str, ds_raw: dict, gpu: Optional[str], gpu_gib: Optional[float]) -> int:
-        self.out(f"omni_ds dry run: stage {self.cfg.stage}, config OK ({len(self.cfg.to_dict())} keys), --ds {ds_path}")
+        self.out(f"omni_ds dry run: stage {self.cfg.stage}, config OK, --ds {ds_path}")
         ds = self.batch_and_deepspeed(ds_path, ds_raw)
         if ds is None:
             return 1
@@ -125,24 +125,24 @@ class DryRun:
             return None
         self.out(f"  world size {world}: micro batch {self.micro} x GAS {self.gas} x {world} ranks = "
                  f"global batch {self.global_batch}")
-        self.out(f"  DeepSpeed: ZeRO-{zero_stage(ds)}, precision {cfg.precision}, clipping {cfg.max_grad_norm}, "
+        self.out(f"  DeepSpeed: ZeRO-{zero_stage(ds)}, precision {cfg.precision}, clipping {cfg.optim.max_grad_norm}, "
                  f"optimizer offload {offload_optimizer(ds)}, param offload {offload_params(ds)}")
         return ds
 
     def model(self) -> None:
         """Model sizes from config.json files only (no weights)."""
         cfg = self.cfg
-        for key in (("init_from",) if cfg.init_from else ("whisper_path", "llm_path")):
-            path = getattr(cfg, key)
+        for key in (("init_from",) if cfg.model.init_from else ("whisper_path", "llm_path")):
+            path = getattr(cfg.model, key)
             if not Path(path).exists():
-                self.problems.append(f"config key {key!r} = {path!r}: no such file or folder")
+                self.problems.append(f"config key 'model.{key}' = {path!r}: no such file or folder")
         try:
             shape, _ = model_shape(cfg)
         except Exception as e:                      # noqa: BLE001 - report, keep validating the rest
             self.problems.append(f"model config: {e}")
             return
         self.shape = shape
-        trainable = (shape.projector_params + (0 if cfg.freeze_backbone else shape.llm_params)
+        trainable = (shape.projector_params + (0 if cfg.model.freeze_backbone else shape.llm_params)
                      if cfg.stage == 1 else shape.decoder_params)
         self.out(f"  model: LLM {_n(shape.llm_params)} (hidden {shape.hidden_size}, {shape.num_layers} layers, "
                  f"vocab {shape.vocab_size}), encoder {_n(shape.encoder_params)} (frozen), projector "
@@ -156,16 +156,16 @@ class DryRun:
         from omni_ds.data.validate import ValidationConfig, validate_manifest
         cfg = self.cfg
         try:
-            tok = AutoTokenizer.from_pretrained(str(cfg.tokenizer_path or cfg.init_from or cfg.llm_path))
+            tok = AutoTokenizer.from_pretrained(str(cfg.model.tokenizer_path or cfg.model.init_from or cfg.model.llm_path))
             omni = effective_omni_config(cfg)           # the run's encoder mode and rate, not the defaults
-            vcfg = ValidationConfig(stage=cfg.stage, mel_mode=omni.encoder_mode, max_seconds=cfg.max_speech_seconds,
+            vcfg = ValidationConfig(stage=cfg.stage, mel_mode=omni.encoder_mode, max_seconds=cfg.data.max_speech_seconds,
                                     speech_ds_rate=omni.speech_encoder_ds_rate)
             for key in ("train_manifest", "val_manifest"):
-                path = getattr(cfg, key)
+                path = getattr(cfg.data, key)
                 if not path:
                     continue
                 if not Path(path).is_file():
-                    self.problems.append(f"config key {key!r} = {path!r}: no such file")
+                    self.problems.append(f"config key 'data.{key}' = {path!r}: no such file")
                     continue
                 report = validate_manifest(load_manifest(path), vcfg, cfg.prompt_builder(tok))
                 self.report_manifest(key, path, report)
@@ -177,9 +177,9 @@ class DryRun:
         self.out(f"  {key}: {path}: {report.summary()}")
         for b in report.bad:
             self.out(f"    bad record {b.id} (index {b.index}): {b.reason}")
-        if report.bad and cfg.bad_records == "stop":
+        if report.bad and cfg.data.on_bad == "error":
             self.problems.append(f"{key}: {len(report.bad)} bad records and bad_records = 'stop'")
-        if cfg.stage == 2 and cfg.cache_hidden_states and len(report.good) and self.shape is not None:
+        if cfg.stage == 2 and cfg.data.cache_hidden_states and len(report.good) and self.shape is not None:
             self.cache_cost(report)
         if key == "train_manifest" and len(report.good):
             self.schedule(report)
@@ -188,11 +188,11 @@ class DryRun:
         """One cached state per supervised response token (the answer ids incl. its end-of-turn)."""
         cfg, width = self.cfg, self.shape.hidden_size
         states = report.n_answer[report.good].clip(min=0).astype("int64")
-        per = 2 if cfg.cache_dtype == "bf16" else 4
+        per = 2 if cfg.data.cache_dtype == "bf16" else 4
         disk = float(states.sum()) * width * per
-        self.out(f"    hidden-state cache ({cfg.cache_dtype}): ~{states.mean():.0f} states x {width} x {per} B = "
+        self.out(f"    hidden-state cache ({cfg.data.cache_dtype}): ~{states.mean():.0f} states x {width} x {per} B = "
                  f"{disk / len(states) / 1e6:.3f} MB/sample, {disk / 1e9:.3f} GB under "
-                 f"{cfg.cache_dir or Path(cfg.output_dir) / 'hidden_cache'}")
+                 f"{cfg.data.cache_dir or Path(cfg.output_dir) / 'hidden_cache'}")
 
     def schedule(self, report) -> None:
         from omni_ds.data.sampler import DistributedBatchSampler
@@ -203,23 +203,23 @@ class DryRun:
         self.seq_len = int(lengths.max())
         self.out(f"    LLM positions per sample: mean {lengths.mean():.0f}, max {self.seq_len} "
                  "(memory is planned for the max)")
-        sampler = DistributedBatchSampler(lengths, self.micro, self.world, 0, cfg.seed, mode=cfg.batching,
-                                          grad_accum=self.gas, max_tokens=cfg.max_tokens_per_batch)
+        sampler = DistributedBatchSampler(lengths, self.micro, self.world, 0, cfg.seed, mode=cfg.batch.batching,
+                                          grad_accum=self.gas, max_tokens=cfg.batch.max_tokens_per_batch)
         stream = StepStream(None, sampler, self.gas, None)
-        total = cfg.max_steps or stream.total_steps(cfg.num_train_epochs)
+        total = cfg.optim.max_steps or stream.total_steps(cfg.optim.num_train_epochs)
         if total < 1:
             self.problems.append(f"{len(report.good)} usable samples make no optimizer step of "
                                  f"global batch {self.global_batch}")
         self.out(f"  schedule: {stream.steps_in_epoch(0)} steps/epoch, {total} optimizer steps "
-                 f"({'max_steps' if cfg.max_steps else f'{cfg.num_train_epochs:g} epochs'}), "
-                 f"{warmup_steps(total, cfg.warmup_ratio)} warmup, {cfg.lr_scheduler_type}, peak lr "
-                 f"{cfg.learning_rate:g} (projector {cfg.projector_lr():g})")
+                 f"({'max_steps' if cfg.optim.max_steps else f'{cfg.optim.num_train_epochs:g} epochs'}), "
+                 f"{warmup_steps(total, cfg.optim.warmup_ratio)} warmup, {cfg.optim.lr_scheduler_type}, peak lr "
+                 f"{cfg.optim.learning_rate:g} (projector {cfg.optim.projector_lr():g})")
 
     def checkpoints(self) -> None:
         from omni_ds.train.checkpointing import CheckpointManager
         cfg = self.cfg
         try:
-            where = CheckpointManager(cfg.output_dir, cfg.save_total_limit, 0, 0, lambda: None).resolve(cfg.resume)
+            where = CheckpointManager(cfg.output_dir, cfg.checkpoint.keep_last, 0, 0, lambda: None).resolve(cfg.checkpoint.resume)
         except (OSError, RuntimeError) as e:
             self.problems.append(f"checkpoints: {e}")
             return
@@ -228,8 +228,8 @@ class DryRun:
         if holder:
             self.problems.append(f"output_dir {cfg.output_dir} is in use by another run ({holder})")
         self.out(f"  checkpoints: {'resume from ' + str(where) if where else 'fresh start'} "
-                 f"(output_dir {cfg.output_dir}, every {cfg.save_steps or 'end only'} steps, keep "
-                 f"{cfg.save_total_limit})")
+                 f"(output_dir {cfg.output_dir}, every {cfg.checkpoint.every_steps or 'end only'} steps, keep "
+                 f"{cfg.checkpoint.keep_last})")
 
 
 def device_memory(gpu: Optional[str], gpu_gib: Optional[float], problems: list) -> tuple[Optional[float], str]:
@@ -260,13 +260,13 @@ def memory_report(cfg: TrainConfig, ds: dict, shape, world: int, micro: int, seq
     """Print the per-GPU memory estimate, the verdict and, when it does not fit, what fits
     instead; True when it fits (or nothing is known to compare with). `device`: (GiB, name)."""
     gpu_mem, name = device
-    plan = mem.estimate(shape, cfg.stage, zero_stage(ds), world, micro, seq_len, cfg.gradient_checkpointing,
-                        cfg.precision, offload_optimizer(ds), offload_params(ds), cfg.freeze_backbone)
+    plan = mem.estimate(shape, cfg.stage, zero_stage(ds), world, micro, seq_len, cfg.model.gradient_checkpointing,
+                        cfg.precision, offload_optimizer(ds), offload_params(ds), cfg.model.freeze_backbone)
     out(f"  memory per GPU (sequence {seq_len} LLM positions): {plan.describe()}")
     out(f"  {mem.verdict(plan, gpu_mem, name)}")
     if gpu_mem is None or plan.total_gib <= gpu_mem:
         return True
-    alts = mem.alternatives(shape, cfg.stage, world, micro, seq_len, cfg.precision, gpu_mem, cfg.freeze_backbone)
+    alts = mem.alternatives(shape, cfg.stage, world, micro, seq_len, cfg.precision, gpu_mem, cfg.model.freeze_backbone)
     if alts:
         out("  what fits instead:")
         for a in alts:

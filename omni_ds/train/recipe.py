@@ -59,7 +59,7 @@ def run_cli(argv: list, stage: int) -> int:
     args = parse_args(argv, stage)
     overrides = list(args.set)
     if args.resume is not None:
-        overrides.append(f"resume={args.resume}")
+        overrides.append(f"checkpoint.resume={args.resume}")
     try:
         cfg = load_config(args.config, overrides)
         if cfg.stage != stage:

@@ -48,18 +48,18 @@ class Trainer:
         self.memory_check_fits = check(int(max(self.train_set.lengths)), self.log)
         self.engine, self.groups = build_engine(cfg, self.model, self.ds, self.total_steps, self.n_warmup)
         self.cache_info = None
-        if cfg.stage == 2 and cfg.cache_hidden_states:     # decided before the step stream exists
+        if cfg.stage == 2 and cfg.data.cache_hidden_states:     # decided before the step stream exists
             self.train_set, self.val_set, self.cache_info = attach_hidden_cache(
                 self.engine, cfg, self.ds, (self.train_set, self.val_set), self._collate(), self.rank,
                 self.world, self.log)
         self.collate = self._collate()
-        self.stream = StepStream(self.train_set, self.sampler, self.gas, self.collate, cfg.num_workers)
+        self.stream = StepStream(self.train_set, self.sampler, self.gas, self.collate, cfg.data.num_workers)
         self.flops_model, self.peak_tflops = self._flops()
         self.checkpointer, self.state, self.resumed_from = self._restore()
         from omni_ds.train.evaluator import make_evaluator
         self.evaluator = make_evaluator(self.engine, self.val_set, self.collate, cfg, self.rank, self.world)
-        self.faults = FaultInjector(cfg.crash_at_step)
-        self.trace = SampleTrace(cfg.output_dir, self.rank) if cfg.trace_samples else None
+        self.faults = FaultInjector(cfg.debug.crash_at_step)
+        self.trace = SampleTrace(cfg.output_dir, self.rank) if cfg.debug.trace_samples else None
         self.info = self._describe()
         from omni_ds.train.metrics import Observer
         self.observer = Observer(cfg, self.rank, self.total_steps, self.state.step, self.info)
@@ -73,10 +73,10 @@ class Trainer:
         from omni_ds.train.schedule import warmup_steps
         counter = StepStream(None, self.sampler, self.gas, None)
         if counter.steps_in_epoch(0) < 1:
-            raise ConfigError(f"{self.cfg.train_manifest}: {len(self.train_set)} usable samples make fewer than "
+            raise ConfigError(f"{self.cfg.data.train_manifest}: {len(self.train_set)} usable samples make fewer than "
                               f"one optimizer step of global batch {self.global_batch}")
-        total = self.cfg.max_steps or counter.total_steps(self.cfg.num_train_epochs)
-        return total, warmup_steps(total, self.cfg.warmup_ratio)
+        total = self.cfg.optim.max_steps or counter.total_steps(self.cfg.optim.num_train_epochs)
+        return total, warmup_steps(total, self.cfg.optim.warmup_ratio)
 
     def _collate(self):
         if self.cache_info is not None:
@@ -88,22 +88,22 @@ class Trainer:
     def _flops(self):
         from omni_ds.train.flops import flops_model_for, guess_peak_tflops
         omni = self.model.omni_config
-        fm = flops_model_for(self.engine.module, self.cfg.stage, self.cfg.gradient_checkpointing,
+        fm = flops_model_for(self.engine.module, self.cfg.stage, self.cfg.model.gradient_checkpointing,
                              omni.encoder_mode == "padded", omni.ctc_upsample_factor, omni.speech_encoder_ds_rate)
-        peak = self.cfg.peak_tflops or (guess_peak_tflops(torch.cuda.get_device_name())
+        peak = self.cfg.log.peak_tflops or (guess_peak_tflops(torch.cuda.get_device_name())
                                         if torch.cuda.is_available() else None)
         return fm, peak
 
     def _restore(self):
         """(checkpointer, loop state, the checkpoint resumed from or None)."""
         from omni_ds.train.checkpointing import CheckpointManager
-        ckpt = CheckpointManager(self.cfg.output_dir, self.cfg.save_total_limit, self.rank, self.local_rank,
-                                 dist.barrier, save_steps=self.cfg.save_steps)
+        ckpt = CheckpointManager(self.cfg.output_dir, self.cfg.checkpoint.keep_last, self.rank, self.local_rank,
+                                 dist.barrier, save_steps=self.cfg.checkpoint.every_steps)
         removed = ckpt.clean_partial()
         if removed:
             self.log(f"removed incomplete checkpoint(s) left by an interrupted save: {removed}")
         state = LoopState()
-        source = ckpt.resolve(self.cfg.resume)
+        source = ckpt.resolve(self.cfg.checkpoint.resume)
         if source is None:
             return ckpt, state, None
         saved = ckpt.load(self.engine, source)
@@ -192,7 +192,7 @@ class Trainer:
     def _check_finite(self, loss: float, grad_norm, epoch: int, step_in_epoch: int) -> None:
         """Same outcome on every rank (the loss is all-reduced). fp16's inf grad norm is an
         overflow DeepSpeed skips, not a failure."""
-        if not self.cfg.stop_on_nonfinite:
+        if not self.cfg.optim.stop_on_nonfinite:
             return
         bad_norm = grad_norm is not None and not math.isfinite(grad_norm) and self.cfg.precision != "fp16"
         if not math.isfinite(loss) or bad_norm:
@@ -223,7 +223,7 @@ class Trainer:
                    "hfu": mfu(hw_flops, dt, world, self.peak_tflops),
                    "tflops_per_device": model_flops / dt / world / 1e12, "max_memory_gib": max_memory_gib(),
                    "skipped_steps": skipped, **{f"lr/{k}": v for k, v in lrs.items()}}
-        if st.step % self.cfg.logging_steps == 0 or st.step == self.total_steps:
+        if st.step % self.cfg.log.every_steps == 0 or st.step == self.total_steps:
             self.observer.log(st.step, scalars)
             self.observer.progress(st.step, loss, next(iter(lrs.values())), pos["samples"] / dt)
         return scalars
@@ -255,7 +255,7 @@ class Trainer:
             self.state.last_saved = self.state.step
         if self.evaluator is not None:
             self.evaluate()
-        if not self.cfg.save_final:
+        if not self.cfg.checkpoint.save_final:
             return None
         return save_final(self.engine, self.model, self.tokenizer, self.cfg.output_dir, zero_stage(self.ds),
                           self.rank, {"stage": self.cfg.stage, "steps": self.state.step,
@@ -287,7 +287,7 @@ class Trainer:
 
 def _llm_hidden_size(cfg: TrainConfig) -> Optional[int]:
     import json
-    folder = cfg.init_from or cfg.llm_path
+    folder = cfg.model.init_from or cfg.model.llm_path
     try:
         return int(json.loads((Path(folder) / "config.json").read_text())["hidden_size"])
     except (OSError, KeyError, ValueError, TypeError):

@@ -1,0 +1,196 @@
+"""The training config's sections: one typed dataclass per concern, a docstring per field.
+
+Each field's type is its check: `Literal[...]` lists the allowed values, `Optional` allows null,
+and `RANGES` (name -> (accepts, what is allowed)) bounds the numbers. `omni_ds.train.config.checks`
+applies both to every section, so a message always names the dotted key, the value and what is
+allowed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+Positive = (lambda v: v >= 1, "must be >= 1")
+ZeroDisables = (lambda v: v >= 0, "must be >= 0 (0 disables)")
+OpenUnit = (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)")
+
+
+@dataclass
+class ModelSection:
+    """What the run starts from and how the model is built."""
+    whisper_path: Optional[str] = None
+    """Local HF Whisper folder (stage 1 start from parts)."""
+    llm_path: Optional[str] = None
+    """Local HF causal-LM folder (stage 1 start from parts)."""
+    tokenizer_path: Optional[str] = None
+    """Tokenizer folder; defaults to llm_path."""
+    init_from: Optional[str] = None
+    """A LLaMA-Omni-layout folder to start from instead of parts (stage 2: stage 1's final folder)."""
+    omni: dict = field(default_factory=dict)
+    """OmniConfig fields to set (encoder_mode, projector / CTC settings), checked against
+    omni_ds.model.omni_config.OmniConfig; the rest come from init_from's config.json or the
+    defaults. `--set model.omni.KEY=VALUE`."""
+    attn_implementation: str = "sdpa"
+    freeze_backbone: bool = False
+    """Stage 1 only: train the speech projector alone (LLM frozen)."""
+    gradient_checkpointing: bool = False
+
+    RANGES = {}
+
+
+@dataclass
+class DataSection:
+    """The manifests, the prompt and how samples are loaded."""
+    train_manifest: Optional[str] = None
+    """Required: the training manifest (flat or LLaVA form, JSON or JSONL)."""
+    val_manifest: Optional[str] = None
+    max_speech_seconds: Optional[float] = None
+    """None: instructions over 30 s are cut to 30 s (the official behaviour); a number: longer
+    instructions are bad records."""
+    prompt_template: Literal["llama3", "tokenizer"] = "llama3"
+    """"llama3" (REFERENCE.md's Llama-3 chat format) or "tokenizer" (the LLM tokenizer's own chat
+    template, e.g. ChatML for Qwen2.5 / SmolLM2)."""
+    system_prompt: Optional[str] = None
+    """None: LLaMA-Omni's system prompt (omni_ds.constants.SYSTEM_PROMPT)."""
+    instruction: Optional[str] = None
+    """Text after <speech> in the user turn; None: omni_ds.constants.DEFAULT_INSTRUCTION."""
+    model_max_length: int = 2048
+    """Longest LLM sequence (tokens, the speech placeholder counted once); longer records are bad."""
+    on_bad: Literal["skip", "error"] = "skip"
+    """Bad records: "skip" (report each, count them, train on the rest) or "error" (refuse to
+    train). The same policy and words as tools/validate_data.py --on-bad."""
+    num_workers: int = 0
+    cache_in_memory: bool = False
+    """Keep loaded samples (log-mel, ids) in RAM after the first epoch: small data sets only."""
+    cache_hidden_states: bool = False
+    """Stage 2 only: compute the frozen LLM's response states of the train (and val) manifest once
+    before training (rank-sharded, omni_ds.train.hidden_cache), then train the decoder on them
+    alone; reruns with the same model, manifest and settings reuse the cache. Built in batches of
+    eval.batch_size. After the build the frozen encoder, projector and LLM move to CPU memory
+    (ZeRO-0/1/2) or stay partitioned (ZeRO-3); training steps never run them."""
+    cache_dir: Optional[str] = None
+    """Where the hidden-state cache lives; None: output_dir/hidden_cache. Share it between runs."""
+    cache_dtype: Literal["bf16", "fp32"] = "bf16"
+    """"bf16" (half the disk) or "fp32" (bit-exact with uncached fp32 training)."""
+
+    RANGES = {"model_max_length": Positive, "num_workers": ZeroDisables,
+              "max_speech_seconds": (lambda v: v > 0, "must be > 0 or null")}
+
+
+@dataclass
+class BatchSection:
+    """How samples become micro-batches and optimizer steps."""
+    per_device_train_batch_size: int = 1
+    """Micro-batch size per rank."""
+    global_batch_size: Optional[int] = None
+    """When set, gradient_accumulation_steps = global / (per_device * world size)."""
+    gradient_accumulation_steps: int = 1
+    batching: Literal["random", "length_grouped", "token_budget"] = "random"
+    """"random", "length_grouped" (LLaVA-style megabatches sorted by length) or "token_budget"."""
+    max_tokens_per_batch: Optional[int] = None
+    """token_budget batching: micro-batch size x longest LLM length stays within this."""
+
+    RANGES = {"per_device_train_batch_size": Positive, "gradient_accumulation_steps": Positive,
+              "global_batch_size": (lambda v: v >= 1, "must be >= 1 or null"),
+              "max_tokens_per_batch": (lambda v: v >= 1, "must be >= 1 or null")}
+
+
+@dataclass
+class OptimSection:
+    """AdamW, its learning-rate schedule and how long it runs."""
+    learning_rate: float = 2e-5
+    speech_projector_lr: Optional[float] = None
+    """Projector lr; falls back to learning_rate."""
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    lr_scheduler_type: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    """0 disables clipping."""
+    num_train_epochs: float = 3.0
+    max_steps: Optional[int] = None
+    """Optimizer steps; overrides num_train_epochs when set."""
+    stop_on_nonfinite: bool = True
+    """Stop (after a last checkpoint) when the loss or the gradient norm is not finite."""
+
+    RANGES = {
+        "learning_rate": (lambda v: v > 0, "must be > 0"),
+        "speech_projector_lr": (lambda v: v > 0, "must be > 0 or null (falls back to learning_rate)"),
+        "adam_beta1": OpenUnit, "adam_beta2": OpenUnit, "warmup_ratio": OpenUnit,
+        "adam_epsilon": (lambda v: v > 0, "must be > 0"),
+        "min_lr_ratio": (lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
+        "weight_decay": (lambda v: v >= 0, "must be >= 0"),
+        "max_grad_norm": (lambda v: v >= 0, "must be >= 0 (0 disables clipping)"),
+        "max_steps": (lambda v: v >= 1, "must be >= 1 or null (then num_train_epochs decides)"),
+    }
+
+    def projector_lr(self) -> float:
+        return self.speech_projector_lr if self.speech_projector_lr is not None else self.learning_rate
+
+
+@dataclass
+class CheckpointSection:
+    """When DeepSpeed checkpoints are written, how many are kept, where a run resumes."""
+    every_steps: int = 500
+    """Save every N optimizer steps (0: only the final folder)."""
+    keep_last: int = 2
+    """Keep this many DeepSpeed checkpoints (oldest deleted after a newer one is complete)."""
+    resume: str = "auto"
+    """"auto" (from output_dir/checkpoints/latest if present), "never", or a checkpoint path."""
+    save_final: bool = True
+    """Write output_dir/final, a LLaMA-Omni-layout folder, at the end."""
+
+    RANGES = {"every_steps": ZeroDisables, "keep_last": ZeroDisables,
+              "resume": (lambda v: bool(v), 'allowed: "auto", "never" or a checkpoint path')}
+
+
+@dataclass
+class EvalSection:
+    """Validation on data.val_manifest."""
+    every_steps: int = 0
+    """Evaluate every N optimizer steps (0: only at the end, if val_manifest)."""
+    batch_size: int = 1
+    """Per-rank batch size of validation (and of the hidden-state cache build)."""
+    max_samples: Optional[int] = None
+
+    RANGES = {"every_steps": ZeroDisables, "batch_size": Positive,
+              "max_samples": (lambda v: v >= 1, "must be >= 1 or null (all)")}
+
+
+@dataclass
+class LogSection:
+    """What the run reports, and where."""
+    every_steps: int = 1
+    report_to: list = field(default_factory=lambda: ["tensorboard"])
+    """Any of "tensorboard", "wandb"; [] for none."""
+    run_name: Optional[str] = None
+    wandb_project: str = "omni_ds"
+    peak_tflops: Optional[float] = None
+    """Per-device peak dense TFLOPS for MFU; guessed from the device name when None."""
+    progress_bar: bool = True
+
+    RANGES = {"every_steps": Positive,
+              "report_to": (lambda v: all(r in ("tensorboard", "wandb") for r in v),
+                            'entries allowed: "tensorboard", "wandb"'),
+              "peak_tflops": (lambda v: v > 0, "must be > 0 or null (guessed)")}
+
+
+@dataclass
+class DebugSection:
+    """Test and audit hooks (omni_ds.train.debug); off in real runs."""
+    trace_samples: bool = False
+    """Write output_dir/trace/rank{r}.jsonl: per step, the loss and the sample indices this rank
+    trained on (resume audits: no sample seen twice or skipped)."""
+    crash_at_step: Optional[int] = None
+    """Fault injection: the process kills itself (SIGKILL) at this step; on a save step it dies
+    after the DeepSpeed files are written and before the checkpoint is committed."""
+
+    RANGES = {"crash_at_step": (lambda v: v >= 1, "must be >= 1 or null")}
+
+
+# section name -> class, in the order a config file lists them
+SECTIONS = {"model": ModelSection, "data": DataSection, "batch": BatchSection, "optim": OptimSection,
+            "checkpoint": CheckpointSection, "eval": EvalSection, "log": LogSection, "debug": DebugSection}
