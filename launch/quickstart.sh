@@ -23,7 +23,7 @@ phase() {   # phase NAME CMD...: run, time, and stop with the phase's name on fa
     if ! "$@"; then echo "quickstart: phase '$name' failed (see the output above)" >&2; exit 1; fi
     echo "{\"phase\": \"$name\", \"seconds\": $(( SECONDS - t0 ))}" >>"$TIMES"
 }
-steps() { [[ -n "${1:-}" ]] && echo "--set max_steps=$1" || true; }
+steps() { [[ -n "${1:-}" ]] && echo "--set optim.max_steps=$1" || true; }
 
 rm -rf "$DEMO/runs"
 mkdir -p "$DEMO" && : >"$TIMES"

@@ -10,7 +10,7 @@
 #   2. validation loss and greedy answers of the untrained model (projector freshly initialised)
 #   3. stage 1 on DeepSpeed (1 CPU rank, ZeRO-2, fp32, trimmed encoder): the speech projector
 #      learns to make spoken questions readable to the frozen LLM (DIR/stage1.json explains why;
-#      add --set freeze_backbone=false via STAGE1_ARGS to train the LLM too)
+#      add --set model.freeze_backbone=false via STAGE1_ARGS to train the LLM too)
 #   4. validation loss and greedy answers of DIR/out/final
 # Nothing is fetched from a model hub. Large downloads happen only here, never in the tests.
 # A second run skips what exists; delete DIR/out to train again.

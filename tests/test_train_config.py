@@ -252,7 +252,7 @@ def test_resume_resolution(tmp_path):
     assert m.resolve(str(ck / "step_000002")) == ck / "step_000002"        # one checkpoint
     with pytest.raises(RuntimeError, match="incomplete"):
         m.resolve(str(ck / "step_000006"))
-    with pytest.raises(FileNotFoundError, match="'resume'"):
+    with pytest.raises(FileNotFoundError, match="'checkpoint.resume'"):
         m.resolve(str(tmp_path / "nope"))
     assert m.clean_partial() == ["step_000006"] and not (ck / "step_000006").exists()
     assert [p.name for p in m.complete_checkpoints()] == ["step_000002", "step_000004"]
@@ -268,3 +268,65 @@ def test_prompt_template_reaches_the_prompt_builder(tmp_path):
     b = cfg.prompt_builder(tok)
     assert b.template == "tokenizer" and b.instruction == "Answer briefly."
     assert build_config(BASE).prompt_builder(tok).template == "llama3"
+
+
+# ---- nested sections, older spellings -----------------------------------------------------------
+def test_nested_and_flat_spellings_build_the_same_config(tmp_path):
+    flat = {**BASE, "learning_rate": 1e-4, "save_steps": 7, "eval_steps": 3, "logging_steps": 2,
+            "omni": {"encoder_mode": "trimmed"}, "per_device_eval_batch_size": 4, "bad_records": "stop"}
+    nested = {"model": {"whisper_path": "w", "llm_path": "l", "omni": {"encoder_mode": "trimmed"}},
+              "data": {"train_manifest": "t.jsonl", "on_bad": "error"}, "optim": {"learning_rate": 1e-4},
+              "checkpoint": {"every_steps": 7}, "eval": {"every_steps": 3, "batch_size": 4},
+              "log": {"every_steps": 2}}
+    assert build_config(flat).to_dict() == build_config(nested).to_dict()
+    cfg = build_config(nested)
+    # to_dict is the nested form, and reads back to itself (summary.json, checkpoints' saved config)
+    assert build_config(cfg.to_dict()).to_dict() == cfg.to_dict()
+    assert (cfg.optim.learning_rate, cfg.checkpoint.every_steps, cfg.data.on_bad) == (1e-4, 7, "error")
+
+
+def test_set_addresses_section_keys_and_wins_over_the_file(tmp_path):
+    path = write(tmp_path, {**BASE, "optim": {"learning_rate": 1e-4}})
+    cfg = load_config(path, ["optim.learning_rate=3e-4", "model.omni.unit_vocab_size=500", "eval.every_steps=9"])
+    assert cfg.optim.learning_rate == 3e-4 and cfg.model.omni == {"unit_vocab_size": 500}
+    assert cfg.eval.every_steps == 9
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lr'.*optim keys"):
+        load_config(path, ["optim.lr=1"])
+
+
+def test_original_pipeline_keys_are_aliases():
+    seed = {"data_path": "d.jsonl", "model_name_or_path": "llama", "whisper_path": "w", "num_train_epochs": 2,
+            "per_device_train_batch_size": 4, "learning_rate": 1e-4, "speech_projector_lr": 1e-3,
+            "freeze_backbone": True}
+    cfg = build_config(seed)
+    assert (cfg.data.train_manifest, cfg.model.llm_path, cfg.optim.num_train_epochs) == ("d.jsonl", "llama", 2.0)
+    assert cfg.batch.per_device_train_batch_size == 4 and cfg.model.freeze_backbone
+    assert cfg.optim.projector_lr() == 1e-3
+    s2 = build_config({"stage": 2, "stage1_model_path": "s1/final", "data_path": "u.jsonl",
+                       "ctc_loss_weight": 2, "unit_vocab_size": 1000, "ctc_upsample_factor": 25})
+    assert s2.model.init_from == "s1/final"
+    assert s2.model.omni == {"ctc_loss_weight": 2.0, "unit_vocab_size": 1000, "ctc_upsample_factor": 25}
+    with pytest.raises(ConfigError, match="tools/extract_units.py"):
+        build_config({**BASE, "kmeans_model_path": "km.bin"})
+
+
+@pytest.mark.parametrize("raw, needle", [
+    ({"learning_rate": 1e-4, "optim": {"learning_rate": 2e-4}}, "'optim.learning_rate' is given twice"),
+    ({"optim": 3}, "'optim' is a section"),
+    ({"omni": {"encoder_mode": "sideways"}}, "encoder_mode='sideways'"),
+    ({"omni": {"ctc_loss_weigth": 1.0}}, "'model.omni.ctc_loss_weigth': not an OmniConfig setting"),
+    ({"omni": {"unit_vocab_size": "many"}}, "'model.omni.unit_vocab_size' = 'many': must be an integer"),
+    ({"data": {"on_bad": "stop"}}, "'data.on_bad' = 'stop': allowed: \"skip\", \"error\""),
+    ({"learnin_rate": 1}, "did you mean 'learning_rate' or 'optim.learning_rate'"),
+])
+def test_section_mistakes_name_the_key(raw, needle):
+    with pytest.raises(ConfigError) as e:
+        build_config({**BASE, **raw})
+    assert needle in str(e.value)
+
+
+def test_config_reference_doc_is_current():
+    from pathlib import Path
+    from omni_ds.train.config.reference import markdown
+    doc = Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md"
+    assert doc.read_text() == markdown(), "run: python -m omni_ds.train.config.reference > docs/CONFIG.md"

@@ -263,78 +263,93 @@ def record_speech_positions(instr_samples: np.ndarray, cfg: ValidationConfig) ->
     return speech_positions(frames, cfg.speech_ds_rate)          # elementwise on the array
 
 
+class _Reasons(dict):
+    """record index -> why it is bad; the first failing check is the reported reason."""
+
+    def add(self, i, why: str) -> None:
+        self.setdefault(int(i), why)
+
+
 def validate_manifest(manifest: Manifest, cfg: ValidationConfig | None = None, builder=None) -> ValidationReport:
     """Check every record; returns the report (raises DataError under on_bad="error")."""
     cfg = cfg or ValidationConfig()
     audio, audio_cached = audio_index(manifest, cfg)
-    n = len(manifest)
-    reasons: dict[int, str] = {}
-
-    def bad(i: int, why: str):
-        reasons.setdefault(int(i), why)      # first failing check is the reported reason
-
-    for which, errs in (("instruction", audio["errors"]), ("response", audio["resp_errors"])):
-        for i, msg in errs.items():
-            kind, _, detail = msg.partition(": ")       # "missing file: /p" -> kind first
-            bad(i, f"{kind}: {which} audio {detail}")
-    samples, rates = audio["instr_samples"], audio["instr_sr"]
-    seconds = samples / SAMPLE_RATE
-    readable = samples >= 0
-    for i in np.flatnonzero(readable & (rates < cfg.min_sample_rate)):
-        bad(i, f"sample rate: {rates[i]} Hz below the minimum {cfg.min_sample_rate} Hz")
-    for i in np.flatnonzero(readable & (seconds < cfg.min_seconds)):
-        bad(i, f"too short: {seconds[i]:.2f} s < min_seconds {cfg.min_seconds}")
-    if cfg.max_seconds is not None:
-        for i in np.flatnonzero(readable & (seconds > cfg.max_seconds)):
-            bad(i, f"too long: {seconds[i]:.2f} s > max_seconds {cfg.max_seconds}")
-
-    import pyarrow.compute as pc
-    empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(manifest.arrow_column("response_text"))), 0)
-    for i in np.flatnonzero(np.asarray(empty.to_numpy(zero_copy_only=False), bool)):
-        bad(i, "empty text: text_response is empty")
-
-    has_units, n_units = audio["has_units"], audio["n_units"]
-    out_of_range = has_units & (n_units > 0) & ((audio["units_lo"] < 0) | (audio["units_hi"] >= UNIT_VOCAB_SIZE))
-    for i in np.flatnonzero(out_of_range):
-        bad(i, f"units out of range: values {audio['units_lo'][i]}..{audio['units_hi'][i]} "
-               f"outside 0..{UNIT_VOCAB_SIZE - 1}")
-    if cfg.stage == 2:
-        for i in np.flatnonzero(~has_units | (n_units == 0)):
-            bad(i, "units missing: stage 2 needs 'units' (run tools/extract_units.py)")
-
-    n_prompt = np.full(n, -1, np.int64)
-    n_answer = np.full(n, -1, np.int64)
-    positions = record_speech_positions(samples, cfg)
-    tokens_cached = None
-    truncated = np.zeros(0, np.int64)
+    n, reasons = len(manifest), _Reasons()
+    _check_audio(audio, cfg, reasons)
+    _check_text_and_units(manifest, audio, cfg, reasons)
+    positions = record_speech_positions(audio["instr_samples"], cfg)
+    n_prompt, n_answer = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+    tokens_cached, truncated = None, np.zeros(0, np.int64)
     if builder is not None:
-        tokens, tokens_cached = token_index(manifest, builder)
-        n_prompt, n_answer = tokens["n_prompt"].astype(np.int64), tokens["n_answer"].astype(np.int64)
-        for i, msg in tokens["errors"].items():
-            bad(i, msg)
-        if builder.model_max_length is not None:
-            room = builder.model_max_length - (n_prompt + positions - 1)
-            for i in np.flatnonzero((n_answer > 0) & (room < 1)):
-                bad(i, builder.fit_error(int(n_prompt[i]), int(n_answer[i]), int(positions[i])))
-            # Fits only with its answer cut short: usable, but counted in the summary.
-            truncated = np.flatnonzero((n_answer > 0) & (room >= 1) & (room < n_answer))
-
+        n_prompt, n_answer, tokens_cached, truncated = _check_tokens(manifest, builder, positions, reasons)
     ids = manifest.ids
     bad_list = [BadRecord(i, ids[i], reasons[i]) for i in sorted(reasons)]
     good = np.setdiff1d(np.arange(n), np.fromiter(reasons, np.int64, len(reasons)))
-    # Planning length: LLM positions (speech + text); without a tokenizer, a words-based guess.
-    if builder is not None:
-        lengths = positions + np.maximum(n_prompt, 1) - 1 + np.maximum(n_answer, 0)
-        if builder.model_max_length is not None:      # truncated answers are planned as cut
-            lengths = np.minimum(lengths, builder.model_max_length)
-    else:
-        words = np.array([len(t.split()) for t in manifest.column("response_text")], np.int64)
-        lengths = positions + 60 + (words * 4 + 2) // 3
-    report = ValidationReport(n, bad_list, good, samples, n_prompt, n_answer, n_units, lengths,
-                              {"audio": audio_cached, "tokens": tokens_cached},
+    lengths = _planning_lengths(manifest, builder, positions, n_prompt, n_answer)
+    report = ValidationReport(n, bad_list, good, audio["instr_samples"], n_prompt, n_answer, audio["n_units"],
+                              lengths, {"audio": audio_cached, "tokens": tokens_cached},
                               np.setdiff1d(truncated, np.array([b.index for b in bad_list], np.int64)))
     if bad_list and cfg.on_bad == "error":
         shown = "\n".join(f"  {b.id}: {b.reason}" for b in bad_list[:50])
         more = f"\n  ... and {len(bad_list) - 50} more" if len(bad_list) > 50 else ""
         raise DataError(f"{manifest.path}: {len(bad_list)} bad record(s) (policy 'error'):\n{shown}{more}")
     return report
+
+
+def _check_audio(audio: dict, cfg: ValidationConfig, reasons: _Reasons) -> None:
+    for which, errs in (("instruction", audio["errors"]), ("response", audio["resp_errors"])):
+        for i, msg in errs.items():
+            kind, _, detail = msg.partition(": ")       # "missing file: /p" -> kind first
+            reasons.add(i, f"{kind}: {which} audio {detail}")
+    samples, rates = audio["instr_samples"], audio["instr_sr"]
+    seconds = samples / SAMPLE_RATE
+    readable = samples >= 0
+    for i in np.flatnonzero(readable & (rates < cfg.min_sample_rate)):
+        reasons.add(i, f"sample rate: {rates[i]} Hz below the minimum {cfg.min_sample_rate} Hz")
+    for i in np.flatnonzero(readable & (seconds < cfg.min_seconds)):
+        reasons.add(i, f"too short: {seconds[i]:.2f} s < min_seconds {cfg.min_seconds}")
+    if cfg.max_seconds is not None:
+        for i in np.flatnonzero(readable & (seconds > cfg.max_seconds)):
+            reasons.add(i, f"too long: {seconds[i]:.2f} s > max_seconds {cfg.max_seconds}")
+
+
+def _check_text_and_units(manifest: Manifest, audio: dict, cfg: ValidationConfig, reasons: _Reasons) -> None:
+    import pyarrow.compute as pc
+    empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(manifest.arrow_column("response_text"))), 0)
+    for i in np.flatnonzero(np.asarray(empty.to_numpy(zero_copy_only=False), bool)):
+        reasons.add(i, "empty text: text_response is empty")
+    has_units, n_units = audio["has_units"], audio["n_units"]
+    out_of_range = has_units & (n_units > 0) & ((audio["units_lo"] < 0) | (audio["units_hi"] >= UNIT_VOCAB_SIZE))
+    for i in np.flatnonzero(out_of_range):
+        reasons.add(i, f"units out of range: values {audio['units_lo'][i]}..{audio['units_hi'][i]} "
+                       f"outside 0..{UNIT_VOCAB_SIZE - 1}")
+    if cfg.stage == 2:
+        for i in np.flatnonzero(~has_units | (n_units == 0)):
+            reasons.add(i, "units missing: stage 2 needs 'units' (run tools/extract_units.py)")
+
+
+def _check_tokens(manifest: Manifest, builder, positions: np.ndarray, reasons: _Reasons):
+    """(prompt tokens, answer tokens, cache info, records that fit only with their answer cut)."""
+    tokens, tokens_cached = token_index(manifest, builder)
+    n_prompt, n_answer = tokens["n_prompt"].astype(np.int64), tokens["n_answer"].astype(np.int64)
+    for i, msg in tokens["errors"].items():
+        reasons.add(i, msg)
+    truncated = np.zeros(0, np.int64)
+    if builder.model_max_length is not None:
+        room = builder.model_max_length - (n_prompt + positions - 1)
+        for i in np.flatnonzero((n_answer > 0) & (room < 1)):
+            reasons.add(i, builder.fit_error(int(n_prompt[i]), int(n_answer[i]), int(positions[i])))
+        # Fits only with its answer cut short: usable, but counted in the summary.
+        truncated = np.flatnonzero((n_answer > 0) & (room >= 1) & (room < n_answer))
+    return n_prompt, n_answer, tokens_cached, truncated
+
+
+def _planning_lengths(manifest: Manifest, builder, positions, n_prompt, n_answer) -> np.ndarray:
+    """LLM positions per record (speech + text); without a tokenizer, a words-based guess."""
+    if builder is None:
+        words = np.array([len(t.split()) for t in manifest.column("response_text")], np.int64)
+        return positions + 60 + (words * 4 + 2) // 3
+    lengths = positions + np.maximum(n_prompt, 1) - 1 + np.maximum(n_answer, 0)
+    if builder.model_max_length is not None:      # truncated answers are planned as cut
+        lengths = np.minimum(lengths, builder.model_max_length)
+    return lengths

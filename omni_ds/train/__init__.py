@@ -1,6 +1,8 @@
 """Training on DeepSpeed, one concept per file:
 
-config.py        TrainConfig: typed, validated, `--set key=value` overrides
+config/          TrainConfig: typed sections (sections.py: model, data, batch, optim, checkpoint,
+                 eval, log, debug), their checks (checks.py), JSON + `--set a.b=c` + older spellings
+                 (loading.py), docs/CONFIG.md generated from them (reference.py)
 ds_config.py     DeepSpeed JSON: "auto" filled from the training config, conflicts refused
 param_groups.py  trainable parameters and optimizer groups by name (projector / LLM / decoder, no-decay)
 schedule.py      warmup + cosine from the real optimizer-step count
@@ -12,7 +14,7 @@ parts.py         the Trainer's parts, one thing each: distributed start, model (
 loop.py          what the step is made of: loop state, cross-rank sums, batch to device; the loss
                  normalisation across ranks and micro-batches (its docstring)
 evaluator.py     Evaluator (owns its cadence): loss (stage 1), CTC loss + unit edit distance (stage 2)
-debug.py         test instruments: fault injection (crash_at_step), the per-rank sample trace
+debug.py         test instruments behind the `debug` section: fault injection, the per-rank sample trace
 checkpointing.py DeepSpeed checkpoints + our state, atomic `latest`, keep-last-K, resume, the save
                  cadence, output_dir/final
 hidden_cache.py  stage 2: the frozen LLM's response states cached on disk, keyed by model + data + settings

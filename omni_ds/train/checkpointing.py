@@ -9,7 +9,7 @@ Layout under `output_dir/checkpoints/`:
 
 A crash mid-save leaves a directory without `omni_ds_state.json` and `latest` still names the
 previous checkpoint; such leftovers are removed at the next start. Rotation keeps the newest
-`save_total_limit` complete checkpoints and deletes older ones only after the new one is complete.
+`checkpoint.keep_last` complete checkpoints and deletes older ones only after the new one is complete.
 The directory must be shared by all nodes (the usual setup); with node-local disks each node's
 local rank 0 manages its own copy.
 """
@@ -114,7 +114,7 @@ class CheckpointManager:
 
     # ---- saving -----------------------------------------------------------------------------
     def due(self, step: int) -> bool:
-        """Every `save_steps` optimizer steps (0: only the final checkpoint)."""
+        """Every `checkpoint.every_steps` optimizer steps (0: only the final checkpoint)."""
         return bool(self.save_steps) and step % self.save_steps == 0
 
     def save(self, engine, step: int, state: dict, crash_before_commit: bool = False) -> Path:

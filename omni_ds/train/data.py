@@ -92,7 +92,7 @@ class InMemory(torch.utils.data.Dataset):
 
 def build_dataset(path: str, tokenizer, cfg, encoder_mode: str, ds_rate: int = 5, log=print, n_mels: int = 128):
     """Validated OmniSpeechDataset of a manifest; bad records reported by id and reason, then
-    skipped (bad_records = "skip") or fatal ("stop")."""
+    skipped (data.on_bad = "skip") or fatal ("error")."""
     from omni_ds.data.dataset import OmniSpeechDataset
     from omni_ds.data.manifest import load_manifest
     from omni_ds.data.validate import ValidationConfig, validate_manifest
@@ -104,7 +104,7 @@ def build_dataset(path: str, tokenizer, cfg, encoder_mode: str, ds_rate: int = 5
     for b in report.bad:
         log(f"bad record {b.id} ({path}, index {b.index}): {b.reason}")
     if report.bad and cfg.data.on_bad == "error":
-        raise RuntimeError(f"{path}: {len(report.bad)} bad record(s) (listed above) and bad_records = \"stop\"")
+        raise RuntimeError(f"{path}: {len(report.bad)} bad record(s) (listed above) and data.on_bad = \"error\"")
     if report.bad:
         log(f"{path}: skipping {len(report.bad)} bad record(s); {report.summary()}")
     return OmniSpeechDataset(manifest, builder, vcfg, n_mels=n_mels, report=report)

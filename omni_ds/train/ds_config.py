@@ -42,68 +42,71 @@ def fill_ds_config(ds_in: dict, cfg: TrainConfig, world_size: int, hidden_size: 
                    source: str = "<ds config>") -> dict:
     """Return a copy of `ds_in` with every "auto" replaced; raise naming the key on any conflict."""
     ds = copy.deepcopy(ds_in)
-    micro, gas, global_batch = cfg.batch_geometry(world_size)
-
-    def settle(section: dict, key: str, value: Any, path: str):
-        cur = section.get(key, "auto")
-        if cur == "auto":
-            section[key] = value
-        elif cur != value and not (isinstance(cur, (int, float)) and isinstance(value, (int, float))
-                                   and abs(cur - value) <= 1e-12 * max(abs(cur), abs(value), 1)):
-            raise ConfigError(f"{source}: {path} = {cur!r} disagrees with the training config "
-                              f"({value!r}); set it to \"auto\" or change the training config")
-
     if "scheduler" in ds:
         raise ConfigError(f"{source}: remove the 'scheduler' section; the schedule comes from the "
-                          "training config (lr_scheduler_type, warmup_ratio, learning_rate)")
-    settle(ds, "train_micro_batch_size_per_gpu", micro, "train_micro_batch_size_per_gpu")
-    settle(ds, "gradient_accumulation_steps", gas, "gradient_accumulation_steps")
-    settle(ds, "train_batch_size", global_batch, "train_batch_size")
-    settle(ds, "gradient_clipping", float(cfg.optim.max_grad_norm), "gradient_clipping")
-
-    for name in ("bf16", "fp16"):
-        sec = ds.setdefault(name, {})
-        settle(sec, "enabled", cfg.precision == name, f"{name}.enabled")
-    if cfg.precision == "fp16":
-        fp16 = ds["fp16"]
-        for k, v in (("loss_scale", 0), ("initial_scale_power", 16), ("loss_scale_window", 1000),
-                     ("hysteresis", 2), ("min_loss_scale", 1)):
-            if fp16.get(k, "auto") == "auto":
-                fp16[k] = v
-
-    opt = ds.get("optimizer")
-    if opt is not None:
-        params = opt.setdefault("params", {})
-        settle(params, "lr", cfg.optim.learning_rate, "optimizer.params.lr")
-        settle(params, "weight_decay", cfg.optim.weight_decay, "optimizer.params.weight_decay")
-        settle(params, "eps", cfg.optim.adam_epsilon, "optimizer.params.eps")
-        betas = params.get("betas", "auto")
-        want = [cfg.optim.adam_beta1, cfg.optim.adam_beta2]
-        if betas == "auto":
-            params["betas"] = want
-        elif list(betas) != want:
-            raise ConfigError(f"{source}: optimizer.params.betas = {betas!r} disagrees with the "
-                              f"training config (adam_beta1/2 = {want}); set it to \"auto\"")
-
-    z = ds.get("zero_optimization")
-    if z is not None:
-        h = hidden_size or 4096
-        defaults = {
-            "reduce_bucket_size": h * h,
-            "allgather_bucket_size": max(h * h, 5 * 10 ** 8),
-            "stage3_prefetch_bucket_size": int(0.9 * h * h),
-            "stage3_param_persistence_threshold": 10 * h,
-        }
-        for k, v in defaults.items():
-            if z.get(k) == "auto":
-                z[k] = v
-
+                          "training config (optim.lr_scheduler_type, optim.warmup_ratio, optim.learning_rate)")
+    fill = _Filler(source)
+    micro, gas, global_batch = cfg.batch_geometry(world_size)
+    for key, value in (("train_micro_batch_size_per_gpu", micro), ("gradient_accumulation_steps", gas),
+                       ("train_batch_size", global_batch), ("gradient_clipping", float(cfg.optim.max_grad_norm))):
+        fill.settle(ds, key, value, key)
+    fill.precision(ds, cfg.precision)
+    if ds.get("optimizer") is not None:
+        fill.optimizer(ds["optimizer"].setdefault("params", {}), cfg.optim)
+    if ds.get("zero_optimization") is not None:
+        _zero_buckets(ds["zero_optimization"], hidden_size or 4096)
     ds.setdefault("steps_per_print", 10 ** 9)
     ds.setdefault("wall_clock_breakdown", False)
     left = _find_auto(ds)
     if left:
         raise ConfigError(f"{source}: no training-config value to fill \"auto\" at {left}")
     return ds
+
+
+class _Filler:
+    """Sets "auto" keys from the training config; a set key must agree with it."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def settle(self, section: dict, key: str, value: Any, path: str) -> None:
+        cur = section.get(key, "auto")
+        if cur == "auto":
+            section[key] = value
+        elif cur != value and not (isinstance(cur, (int, float)) and isinstance(value, (int, float))
+                                   and abs(cur - value) <= 1e-12 * max(abs(cur), abs(value), 1)):
+            raise ConfigError(f"{self.source}: {path} = {cur!r} disagrees with the training config "
+                              f"({value!r}); set it to \"auto\" or change the training config")
+
+    def precision(self, ds: dict, precision: str) -> None:
+        for name in ("bf16", "fp16"):
+            self.settle(ds.setdefault(name, {}), "enabled", precision == name, f"{name}.enabled")
+        if precision == "fp16":                # dynamic loss scaling, DeepSpeed's usual settings
+            for k, v in (("loss_scale", 0), ("initial_scale_power", 16), ("loss_scale_window", 1000),
+                         ("hysteresis", 2), ("min_loss_scale", 1)):
+                if ds["fp16"].get(k, "auto") == "auto":
+                    ds["fp16"][k] = v
+
+    def optimizer(self, params: dict, optim) -> None:
+        self.settle(params, "lr", optim.learning_rate, "optimizer.params.lr")
+        self.settle(params, "weight_decay", optim.weight_decay, "optimizer.params.weight_decay")
+        self.settle(params, "eps", optim.adam_epsilon, "optimizer.params.eps")
+        betas, want = params.get("betas", "auto"), [optim.adam_beta1, optim.adam_beta2]
+        if betas == "auto":
+            params["betas"] = want
+        elif list(betas) != want:
+            raise ConfigError(f"{self.source}: optimizer.params.betas = {betas!r} disagrees with the "
+                              f"training config (optim.adam_beta1/2 = {want}); set it to \"auto\"")
+
+
+def _zero_buckets(zero: dict, hidden: int) -> None:
+    """ZeRO bucket sizes left "auto": the sizes DeepSpeed's HF integration derives from the width."""
+    defaults = {"reduce_bucket_size": hidden * hidden, "allgather_bucket_size": max(hidden * hidden, 5 * 10 ** 8),
+                "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+                "stage3_param_persistence_threshold": 10 * hidden}
+    for k, v in defaults.items():
+        if zero.get(k) == "auto":
+            zero[k] = v
 
 
 def _find_auto(d: Any, prefix: str = "") -> list[str]:

@@ -16,7 +16,7 @@ from omni_ds.train.loop import all_sum, to_device
 
 
 class Evaluator:
-    """`due(step, total)` says when (every `eval_steps`, never on the last step: the run ends with
+    """`due(step, total)` says when (every `eval.every_steps`, never on the last step: the run ends with
     a final evaluation); calling it evaluates the whole validation set."""
 
     def __init__(self, engine, val, collate, cfg, rank: int, world: int):

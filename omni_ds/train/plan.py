@@ -178,7 +178,7 @@ class DryRun:
         for b in report.bad:
             self.out(f"    bad record {b.id} (index {b.index}): {b.reason}")
         if report.bad and cfg.data.on_bad == "error":
-            self.problems.append(f"{key}: {len(report.bad)} bad records and bad_records = 'stop'")
+            self.problems.append(f"{key}: {len(report.bad)} bad records and data.on_bad = 'error'")
         if cfg.stage == 2 and cfg.data.cache_hidden_states and len(report.good) and self.shape is not None:
             self.cache_cost(report)
         if key == "train_manifest" and len(report.good):

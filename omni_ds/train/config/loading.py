@@ -34,14 +34,18 @@ SEED_ALIASES = {"data_path": "data.train_manifest", "model_name_or_path": "model
                 "stage1_model_path": "model.init_from", "ctc_loss_weight": "model.omni.ctc_loss_weight",
                 "unit_vocab_size": "model.omni.unit_vocab_size",
                 "ctc_upsample_factor": "model.omni.ctc_upsample_factor"}
+# every key the original README documents (aliases above, or our own flat name)
+SEED_README_KEYS = ["data_path", "model_name_or_path", "num_train_epochs", "per_device_train_batch_size",
+                    "learning_rate", "speech_projector_lr", "freeze_backbone", "stage1_model_path",
+                    "ctc_loss_weight", "unit_vocab_size", "ctc_upsample_factor"]
 # keys we do not train with, and what to do instead
 HANDLED_ELSEWHERE = {
     "kmeans_model_path": "stage 2 trains on units already in the manifest: run tools/extract_units.py "
                          "--manifest M --hubert HUBERT.pt --kmeans KMEANS.bin --out M_units.jsonl once, "
                          "set data.train_manifest to its output, and remove kmeans_model_path",
 }
-# old values of renamed keys
-_OLD_VALUES = {"data.on_bad": {"stop": "error"}}
+# old values of renamed keys, by the old key
+_OLD_VALUES = {"bad_records": {"stop": "error"}}
 
 
 def _flat_names() -> dict[str, str]:
@@ -111,7 +115,7 @@ class NestedRaw:
             for name, v in value.items():
                 self.put(f"model.omni.{name}", v, override)
             return
-        value = _OLD_VALUES.get(place, {}).get(value, value) if isinstance(value, str) else value
+        value = _OLD_VALUES.get(key, {}).get(value, value) if isinstance(value, str) else value
         if not override and place in self.values and self.values[place] != value:
             raise ConfigError(f"config key {place!r} is given twice with different values: as "
                               f"{self.spelled[place]!r} = {self.values[place]!r} and as {key!r} = {value!r}")

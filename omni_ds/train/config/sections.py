@@ -31,9 +31,11 @@ class ModelSection:
     omni_ds.model.omni_config.OmniConfig; the rest come from init_from's config.json or the
     defaults. `--set model.omni.KEY=VALUE`."""
     attn_implementation: str = "sdpa"
+    """The LLM's attention kernel, as transformers names it ("sdpa", "eager", "flash_attention_2")."""
     freeze_backbone: bool = False
     """Stage 1 only: train the speech projector alone (LLM frozen)."""
     gradient_checkpointing: bool = False
+    """Recompute the LLM's layer activations in backward: less memory, about a third more compute."""
 
     RANGES = {}
 
@@ -44,6 +46,7 @@ class DataSection:
     train_manifest: Optional[str] = None
     """Required: the training manifest (flat or LLaVA form, JSON or JSONL)."""
     val_manifest: Optional[str] = None
+    """Validation manifest (loss, and unit edit distance in stage 2); null: no validation."""
     max_speech_seconds: Optional[float] = None
     """None: instructions over 30 s are cut to 30 s (the official behaviour); a number: longer
     instructions are bad records."""
@@ -60,6 +63,7 @@ class DataSection:
     """Bad records: "skip" (report each, count them, train on the rest) or "error" (refuse to
     train). The same policy and words as tools/validate_data.py --on-bad."""
     num_workers: int = 0
+    """DataLoader worker processes per rank (audio decoding and log-mel)."""
     cache_in_memory: bool = False
     """Keep loaded samples (log-mel, ids) in RAM after the first epoch: small data sets only."""
     cache_hidden_states: bool = False
@@ -85,6 +89,7 @@ class BatchSection:
     global_batch_size: Optional[int] = None
     """When set, gradient_accumulation_steps = global / (per_device * world size)."""
     gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step when global_batch_size is null."""
     batching: Literal["random", "length_grouped", "token_budget"] = "random"
     """"random", "length_grouped" (LLaVA-style megabatches sorted by length) or "token_budget"."""
     max_tokens_per_batch: Optional[int] = None
@@ -99,18 +104,27 @@ class BatchSection:
 class OptimSection:
     """AdamW, its learning-rate schedule and how long it runs."""
     learning_rate: float = 2e-5
+    """Peak learning rate of the trained LLM (and of the stage-2 decoder)."""
     speech_projector_lr: Optional[float] = None
     """Projector lr; falls back to learning_rate."""
     weight_decay: float = 0.0
+    """AdamW weight decay; never on biases and norm weights."""
     adam_beta1: float = 0.9
+    """AdamW beta1."""
     adam_beta2: float = 0.999
+    """AdamW beta2."""
     adam_epsilon: float = 1e-8
+    """AdamW epsilon."""
     lr_scheduler_type: Literal["cosine", "linear", "constant"] = "cosine"
+    """The learning-rate curve after the warm-up."""
     warmup_ratio: float = 0.03
+    """Linear warm-up over this fraction of the optimizer steps."""
     min_lr_ratio: float = 0.0
+    """The schedule decays to learning_rate x this."""
     max_grad_norm: float = 1.0
     """0 disables clipping."""
     num_train_epochs: float = 3.0
+    """Passes over the training manifest (fractions allowed)."""
     max_steps: Optional[int] = None
     """Optimizer steps; overrides num_train_epochs when set."""
     stop_on_nonfinite: bool = True
@@ -155,6 +169,7 @@ class EvalSection:
     batch_size: int = 1
     """Per-rank batch size of validation (and of the hidden-state cache build)."""
     max_samples: Optional[int] = None
+    """Validate on the first N records only; null: all."""
 
     RANGES = {"every_steps": ZeroDisables, "batch_size": Positive,
               "max_samples": (lambda v: v >= 1, "must be >= 1 or null (all)")}
@@ -164,13 +179,17 @@ class EvalSection:
 class LogSection:
     """What the run reports, and where."""
     every_steps: int = 1
+    """Log loss, learning rate, gradient norm, throughput and MFU every N optimizer steps."""
     report_to: list = field(default_factory=lambda: ["tensorboard"])
     """Any of "tensorboard", "wandb"; [] for none."""
     run_name: Optional[str] = None
+    """The run's name in Weights & Biases; null: its own generated name."""
     wandb_project: str = "omni_ds"
+    """Weights & Biases project when report_to has "wandb"."""
     peak_tflops: Optional[float] = None
     """Per-device peak dense TFLOPS for MFU; guessed from the device name when None."""
     progress_bar: bool = True
+    """A tqdm bar on rank 0."""
 
     RANGES = {"every_steps": Positive,
               "report_to": (lambda v: all(r in ("tensorboard", "wandb") for r in v),

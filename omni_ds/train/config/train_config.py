@@ -13,6 +13,7 @@ from omni_ds.train.config.sections import (SECTIONS, BatchSection, CheckpointSec
 
 @dataclass
 class TrainConfig:
+    """What one run is: its stage, precision and output folder, and a section per concern."""
     stage: Literal[1, 2] = 1
     """1: projector + LLM on text loss (encoder frozen); 2: speech decoder only on CTC loss."""
     output_dir: str = "runs/stage1"
@@ -20,6 +21,7 @@ class TrainConfig:
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Every parameter, trainable and frozen, in this precision; fp16 uses dynamic loss scaling."""
     seed: int = 42
+    """Python, NumPy and torch seeds, and the data order (with the epoch)."""
     dist_timeout_minutes: int = 60
     """How long a collective may wait for a slow rank before the run fails."""
     model: ModelSection = field(default_factory=ModelSection)
