@@ -9,7 +9,7 @@ from omni_ds.train.config import ConfigError, build_config, dotted_place, load_c
 from omni_ds.train.ds_config import fill_ds_config, read_ds_config
 from omni_ds.train.flops import FlopsModel, guess_peak_tflops, mfu
 from omni_ds.train.param_groups import module_of, no_weight_decay
-from omni_ds.train.schedule import lr_factor, num_optimizer_steps, warmup_steps
+from omni_ds.train.schedule import lr_factor, plan_steps, warmup_steps
 
 BASE = {"whisper_path": "w", "llm_path": "l", "train_manifest": "t.jsonl"}
 
@@ -123,10 +123,15 @@ def test_ds_conflicts_and_scheduler_are_refused():
 
 # ---- schedule ---------------------------------------------------------------------------------------
 def test_warmup_from_real_step_count_then_cosine():
-    total, per_epoch = num_optimizer_steps(200_000, 32, 3)
-    assert (total, per_epoch) == (18750, 6250)
+    from omni_ds.data.sampler import DistributedBatchSampler
+    # 200 K samples, micro batch 4 on 8 ranks: global batch 32, counted on the run's own sampler
+    sampler = DistributedBatchSampler([100] * 200_000, 4, world_size=8, rank=3, seed=0)
+    optim = build_config({**BASE, "num_train_epochs": 3}).optim
+    steps = plan_steps(sampler, 1, optim)
+    total = steps.total
+    assert (total, steps.steps_per_epoch) == (18750, 6250)
     n = warmup_steps(total, 0.03)
-    assert n == 563
+    assert n == 563 == steps.warmup
     assert lr_factor(0, total, n) == pytest.approx(1 / n)
     assert lr_factor(n - 1, total, n) == pytest.approx(1.0)
     assert lr_factor(n, total, n) == pytest.approx(1.0)
@@ -134,7 +139,8 @@ def test_warmup_from_real_step_count_then_cosine():
     assert lr_factor(mid, total, n) == pytest.approx(0.5, abs=1e-3)
     assert lr_factor(total, total, n) == pytest.approx(0.0, abs=1e-9)
     assert lr_factor(total, total, n, min_ratio=0.1) == pytest.approx(0.1)
-    assert num_optimizer_steps(100, 32, 3, max_steps=5)[0] == 5
+    optim.max_steps = 5
+    assert plan_steps(DistributedBatchSampler([100] * 100, 4, world_size=8, rank=0), 1, optim).total == 5
 
 
 # ---- parameter-name rules ---------------------------------------------------------------------------

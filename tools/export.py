@@ -21,20 +21,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _resolve(path: str) -> Path:
-    """A step folder, a checkpoints/ folder or an output_dir -> its (latest complete) checkpoint,
-    by the rule training uses to resume."""
-    from omni_ds.train.checkpointing import STATE_FILE, CheckpointManager
-    p = Path(path)
-    if (p / STATE_FILE).is_file():
-        return p
+    from omni_ds.train.checkpointing import find_checkpoint
     try:
-        found = CheckpointManager(str(p.parent if (p / "latest").is_file() else p), 0, 0, 0, lambda: None).latest()
-    except RuntimeError as e:
+        return find_checkpoint(path, f"--checkpoint {path}")
+    except (OSError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from None
-    if found is None:
-        raise SystemExit(f"error: --checkpoint {p}: not a checkpoint (no {STATE_FILE}) and no 'latest' in it "
-                         "or in its checkpoints/ folder")
-    return found
 
 
 # What save_omni_folder writes (model, config, tokenizer files): an export folder holds only these.

@@ -57,6 +57,25 @@ def is_complete(path: Path) -> bool:
     return (path / STATE_FILE).is_file()
 
 
+def find_checkpoint(path: str | Path, what: str) -> Path:
+    """A step folder, a checkpoints/ folder or an output_dir -> the complete checkpoint it names
+    (a folder's `latest`), by the rule a run resumes with; tools/export.py takes the same paths.
+    `what` is how the user named the path, for the messages."""
+    p = Path(path)
+    if p.is_dir() and not is_complete(p):
+        for folder in (p, p / "checkpoints"):
+            if (folder / LATEST).is_file():
+                p = folder / (folder / LATEST).read_text().strip()
+                break
+    if not p.is_dir():
+        raise FileNotFoundError(f"{what}: no such checkpoint directory")
+    if not is_complete(p):
+        raise RuntimeError(f"{what}: {p} is incomplete or not a checkpoint (no {STATE_FILE}, and no "
+                           f"'{LATEST}' in it or in its checkpoints/ folder); an interrupted save leaves "
+                           "such a folder: choose an earlier checkpoint")
+    return p
+
+
 class CheckpointManager:
     def __init__(self, output_dir: str, keep: int, rank: int, local_rank: int, barrier, save_steps: int = 0):
         self.dir = Path(output_dir) / "checkpoints"
@@ -89,17 +108,7 @@ class CheckpointManager:
             return None
         if resume == "auto":
             return self.latest()
-        p = Path(resume)
-        if p.is_dir() and (p / LATEST).is_file():                 # a checkpoints/ dir
-            p = p / (p / LATEST).read_text().strip()
-        elif p.is_dir() and (p / "checkpoints" / LATEST).is_file():   # an output_dir
-            p = p / "checkpoints" / (p / "checkpoints" / LATEST).read_text().strip()
-        if not p.is_dir():
-            raise FileNotFoundError(f"config key 'checkpoint.resume' = {resume!r}: no such checkpoint directory")
-        if not is_complete(p):
-            raise RuntimeError(f"config key 'checkpoint.resume' = {resume!r}: {p} is incomplete (no {STATE_FILE}; "
-                               "a save was interrupted); choose an earlier checkpoint")
-        return p
+        return find_checkpoint(resume, f"config key 'checkpoint.resume' = {resume!r}")
 
     def clean_partial(self) -> list[str]:
         """Remove directories left by interrupted saves (call on all ranks; local rank 0 deletes)."""

@@ -4,24 +4,14 @@ config (a `scheduler` section in the DeepSpeed file is refused)."""
 from __future__ import annotations
 
 import copy
-import json
-import os
 from typing import Any, Optional
 
 from omni_ds.train.config import ConfigError, TrainConfig
+from omni_ds.train.config.loading import read_json_object
 
 
 def read_ds_config(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise ConfigError(f"--ds {path!r}: no such file")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--ds {path!r}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--ds {path!r}: the top level must be a JSON object")
-    return data
+    return read_json_object(path, "--ds")
 
 
 def zero_stage(ds: dict) -> int:

@@ -196,8 +196,7 @@ class DryRun:
 
     def schedule(self, report) -> None:
         from omni_ds.data.sampler import DistributedBatchSampler
-        from omni_ds.train.data import StepStream
-        from omni_ds.train.schedule import warmup_steps
+        from omni_ds.train.schedule import plan_steps
         cfg = self.cfg
         lengths = report.lengths[report.good]
         self.seq_len = int(lengths.max())
@@ -205,15 +204,15 @@ class DryRun:
                  "(memory is planned for the max)")
         sampler = DistributedBatchSampler(lengths, self.micro, self.world, 0, cfg.seed, mode=cfg.batch.batching,
                                           grad_accum=self.gas, max_tokens=cfg.batch.max_tokens_per_batch)
-        stream = StepStream(None, sampler, self.gas, None)
-        total = cfg.optim.max_steps or stream.total_steps(cfg.optim.num_train_epochs)
-        if total < 1:
+        steps = plan_steps(sampler, self.gas, cfg.optim)
+        if steps.total < 1 or steps.steps_per_epoch < 1:
             self.problems.append(f"{len(report.good)} usable samples make no optimizer step of "
                                  f"global batch {self.global_batch}")
-        self.out(f"  schedule: {stream.steps_in_epoch(0)} steps/epoch, {total} optimizer steps "
-                 f"({'max_steps' if cfg.optim.max_steps else f'{cfg.optim.num_train_epochs:g} epochs'}), "
-                 f"{warmup_steps(total, cfg.optim.warmup_ratio)} warmup, {cfg.optim.lr_scheduler_type}, peak lr "
-                 f"{cfg.optim.learning_rate:g} (projector {cfg.optim.projector_lr():g})")
+        o = cfg.optim
+        self.out(f"  schedule: {steps.steps_per_epoch} steps/epoch, {steps.total} optimizer steps "
+                 f"({'optim.max_steps' if o.max_steps else f'{o.num_train_epochs:g} epochs'}), "
+                 f"{steps.warmup} warmup, {o.lr_scheduler_type}, peak lr {o.learning_rate:g} "
+                 f"(projector {o.projector_lr():g})")
 
     def checkpoints(self) -> None:
         from omni_ds.train.checkpointing import CheckpointManager

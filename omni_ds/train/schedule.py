@@ -1,25 +1,29 @@
 """Learning-rate schedule: linear warmup then cosine (or linear / constant) decay, measured in
 optimizer steps. The step count comes from the real data (samples after skipping bad records,
-global batch, epochs) or `max_steps`, never from a guess."""
+global batch, epochs: plan_steps) or `optim.max_steps`, never from a guess."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 
-def num_optimizer_steps(num_samples: int, global_batch: int, epochs: float, max_steps=None) -> tuple[int, int]:
-    """(total optimizer steps, optimizer steps per epoch). An epoch is the data stream cut into
-    global batches; the stream continues across epoch boundaries, and the last partial global
-    batch of the whole run is dropped."""
-    steps_per_epoch = num_samples / global_batch
-    if max_steps is not None:
-        return int(max_steps), max(1, int(steps_per_epoch))
-    total = int(math.floor(epochs * num_samples / global_batch))
-    if total < 1:
-        raise ValueError(f"{num_samples} samples x {epochs} epochs is less than one global batch "
-                         f"of {global_batch}; lower global_batch_size or add data")
-    return total, max(1, int(steps_per_epoch))
+@dataclass(frozen=True)
+class StepPlan:
+    steps_per_epoch: int
+    total: int
+    warmup: int
+
+
+def plan_steps(sampler, gas: int, optim) -> StepPlan:
+    """The run's optimizer steps, counted on its own sampler (bad records already left out, each
+    rank's share of every global batch), or `optim.max_steps`. The dry run and the Trainer both
+    count here. An epoch's last partial global batch is dropped."""
+    from omni_ds.train.data import StepStream
+    counter = StepStream(None, sampler, gas, None)
+    total = optim.max_steps or counter.total_steps(optim.num_train_epochs)
+    return StepPlan(counter.steps_in_epoch(0), total, warmup_steps(total, optim.warmup_ratio))
 
 
 def warmup_steps(total_steps: int, warmup_ratio: float) -> int:

@@ -70,13 +70,12 @@ class Trainer:
             print(f"[omni_ds] {msg}", flush=True)
 
     def _schedule(self) -> tuple[int, int]:
-        from omni_ds.train.schedule import warmup_steps
-        counter = StepStream(None, self.sampler, self.gas, None)
-        if counter.steps_in_epoch(0) < 1:
+        from omni_ds.train.schedule import plan_steps
+        steps = plan_steps(self.sampler, self.gas, self.cfg.optim)
+        if steps.steps_per_epoch < 1:
             raise ConfigError(f"{self.cfg.data.train_manifest}: {len(self.train_set)} usable samples make fewer than "
                               f"one optimizer step of global batch {self.global_batch}")
-        total = self.cfg.optim.max_steps or counter.total_steps(self.cfg.optim.num_train_epochs)
-        return total, warmup_steps(total, self.cfg.optim.warmup_ratio)
+        return steps.total, steps.warmup
 
     def _collate(self):
         if self.cache_info is not None:

@@ -178,25 +178,26 @@ def build_config(raw: dict, source: str = "<dict>", overrides: Optional[list[str
         raise ConfigError(f"{source}: {e}") from None
 
 
-def read_config_file(path: str) -> dict:
+def read_json_object(path: str, flag: str = "--config") -> dict:
+    """A JSON object from a file the user named with `flag`; each way it can fail named in one line."""
     if not os.path.isfile(path):
-        raise ConfigError(f"--config {path!r}: no such file")
+        raise ConfigError(f"{flag} {path!r}: no such file")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             raw = json.load(f)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"--config {path!r}: not valid JSON ({e})") from None
+        raise ConfigError(f"{flag} {path!r}: not valid JSON ({e})") from None
     except UnicodeDecodeError as e:
-        raise ConfigError(f"--config {path!r}: not UTF-8 text ({e})") from None
+        raise ConfigError(f"{flag} {path!r}: not UTF-8 text ({e})") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"--config {path!r}: the top level must be a JSON object")
+        raise ConfigError(f"{flag} {path!r}: the top level must be a JSON object")
     return raw
 
 
 def load_config(path: Optional[str], overrides: Optional[list[str]] = None) -> TrainConfig:
     """Read a JSON training config, apply `--set` overrides, validate. Keys starting with "_" are
     comments. Relative paths in the file stay relative to the working directory, as users type them."""
-    raw = read_config_file(path) if path is not None else {}
+    raw = read_json_object(path) if path is not None else {}
     src = path or "<defaults>"
     if overrides:
         src += " + --set " + " ".join(overrides)
