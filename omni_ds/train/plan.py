@@ -260,8 +260,9 @@ def memory_report(cfg: TrainConfig, ds: dict, shape, world: int, micro: int, seq
     """Print the per-GPU memory estimate, the verdict and, when it does not fit, what fits
     instead; True when it fits (or nothing is known to compare with). `device`: (GiB, name)."""
     gpu_mem, name = device
-    plan = mem.estimate(shape, cfg.stage, zero_stage(ds), world, micro, seq_len, cfg.gradient_checkpointing,
-                        cfg.precision, offload_optimizer(ds), offload_params(ds), cfg.freeze_backbone)
+    run = mem.RunSettings(cfg.stage, world, micro, seq_len, cfg.precision, cfg.freeze_backbone)
+    plan = mem.estimate(shape, run, mem.MemorySetup(zero_stage(ds), cfg.gradient_checkpointing,
+                                                     offload_optimizer(ds), offload_params(ds)))
     out(f"  memory per GPU (sequence {seq_len} LLM positions): {plan.describe()}")
     out(f"  {mem.verdict(plan, gpu_mem, name)}")
     if gpu_mem is None or plan.total_gib <= gpu_mem:
