@@ -177,7 +177,7 @@ def attach_hidden_cache(engine, cfg: TrainConfig, ds: dict, sets: tuple, collate
     LLaMA-Omni folder still holds them bit for bit); under ZeRO-3 they stay partitioned on the
     devices (1/world of their 16-bit weights per device) and are never gathered again."""
     from omni_ds.train.data import InMemory
-    from omni_ds.train.hidden_cache import CachedStatesDataset, HiddenStateCache, cache_key
+    from omni_ds.train.hidden_cache import CachedStatesDataset, HiddenStateCache, StateSource, cache_key
     root = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.output_dir) / "hidden_cache"
     settings = cache_settings(cfg, engine.module)
     info: dict = {"cache_dir": str(root), "cache_dtype": cfg.cache_dtype}
@@ -191,8 +191,8 @@ def attach_hidden_cache(engine, cfg: TrainConfig, ds: dict, sets: tuple, collate
         key = cache_key(Path(cfg.init_from), Path(manifest), settings)
         cache = HiddenStateCache(root, key, dtype=cfg.cache_dtype)
         with _gathered_encoder(engine.module, ds):
-            built = cache.build(engine.module, base, collate, cfg.per_device_eval_batch_size, engine.device,
-                                torch_dtype(cfg.precision), rank, world)
+            built = cache.build(StateSource(engine.module, base, collate, cfg.per_device_eval_batch_size,
+                                            engine.device, torch_dtype(cfg.precision)), rank, world)
         log(f"hidden-state cache ({name}): {'built' if built else 'reused'} {cache.dir} "
             f"({cache.disk_bytes() / 1e6:.2f} MB for {len(base)} samples)")
         info[name] = {"key": key, "dir": str(cache.dir), "built": built, "bytes": cache.disk_bytes(),
