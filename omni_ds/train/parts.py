@@ -107,7 +107,7 @@ def check_parameter_dtypes(model, dtype: torch.dtype) -> None:
 # ---- data -------------------------------------------------------------------------------------------
 def build_data(cfg: TrainConfig, model, tokenizer, world: int, rank: int, log):
     """(train set, val set or None, the distributed batch sampler): validated, lengths known."""
-    from omni_ds.data.sampler import DistributedBatchSampler
+    from omni_ds.data.sampler import Batching, DistributedBatchSampler
     from omni_ds.train.data import InMemory, build_dataset
     omni = model.omni_config
     args = (tokenizer, cfg, omni.encoder_mode, omni.speech_encoder_ds_rate, log, model.speech_encoder.config.num_mel_bins)
@@ -118,8 +118,8 @@ def build_data(cfg: TrainConfig, model, tokenizer, world: int, rank: int, log):
     if cfg.cache_in_memory:
         train, val = InMemory(train), (InMemory(val) if val is not None else None)
     micro, gas, _ = cfg.batch_geometry(world)
-    sampler = DistributedBatchSampler(train.lengths, micro, world, rank, cfg.seed, mode=cfg.batching,
-                                      grad_accum=gas, max_tokens=cfg.max_tokens_per_batch)
+    sampler = DistributedBatchSampler(train.lengths, micro, world, rank, cfg.seed,
+                                      Batching(cfg.batching, gas, max_tokens=cfg.max_tokens_per_batch))
     return train, val, sampler
 
 

@@ -195,7 +195,7 @@ class DryRun:
                  f"{cfg.cache_dir or Path(cfg.output_dir) / 'hidden_cache'}")
 
     def schedule(self, report) -> None:
-        from omni_ds.data.sampler import DistributedBatchSampler
+        from omni_ds.data.sampler import Batching, DistributedBatchSampler
         from omni_ds.train.data import StepStream
         from omni_ds.train.schedule import warmup_steps
         cfg = self.cfg
@@ -203,8 +203,8 @@ class DryRun:
         self.seq_len = int(lengths.max())
         self.out(f"    LLM positions per sample: mean {lengths.mean():.0f}, max {self.seq_len} "
                  "(memory is planned for the max)")
-        sampler = DistributedBatchSampler(lengths, self.micro, self.world, 0, cfg.seed, mode=cfg.batching,
-                                          grad_accum=self.gas, max_tokens=cfg.max_tokens_per_batch)
+        sampler = DistributedBatchSampler(lengths, self.micro, self.world, 0, cfg.seed,
+                                          Batching(cfg.batching, self.gas, max_tokens=cfg.max_tokens_per_batch))
         stream = StepStream(None, sampler, self.gas, None)
         total = cfg.max_steps or stream.total_steps(cfg.num_train_epochs)
         if total < 1:
