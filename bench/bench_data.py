@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omni_ds.data.audio import load_audio, log_mel, speech_positions  # noqa: E402
-from omni_ds.data.sampler import DistributedBatchSampler, padding_efficiency  # noqa: E402
+from omni_ds.data.sampler import Batching, DistributedBatchSampler, padding_efficiency  # noqa: E402
 
 CLIPS = sorted((Path(__file__).resolve().parents[2] / "shared/data/spoken_instructions").glob("*.wav"))
 
@@ -88,14 +88,16 @@ def bench_padding(n: int) -> None:
         if mode == "trimmed":
             print(f"    synthetic: instruction {seconds.mean():.2f} s mean (p99 {np.percentile(seconds, 99):.1f} s), "
                   f"response {words.mean():.1f} words mean (p99 {np.percentile(words, 99):.0f})")
-        rand = padding_efficiency(DistributedBatchSampler(lengths, 8, mode="random").plan(0), lengths)
-        grouped = padding_efficiency(DistributedBatchSampler(lengths, 8, mode="length_grouped").plan(0), lengths)
-        budget_s = DistributedBatchSampler(lengths, 8, mode="token_budget", max_tokens=8 * int(lengths.mean()))
+        rand = padding_efficiency(DistributedBatchSampler(lengths, 8, batching=Batching("random")).plan(0), lengths)
+        grouped = padding_efficiency(DistributedBatchSampler(lengths, 8, batching=Batching("length_grouped")).plan(0),
+                                     lengths)
+        budget_s = DistributedBatchSampler(lengths, 8, batching=Batching("token_budget",
+                                                                         max_tokens=8 * int(lengths.mean())))
         plan = budget_s.plan(0)
         budget = padding_efficiency(plan, lengths)
         # LLaVA's own megabatch (world x batch x GA, no multiplier), e.g. 4 ranks x GA 4 = 128
-        llava = padding_efficiency(DistributedBatchSampler(lengths, 8, world_size=4, grad_accum=4,
-                                                           megabatch_mult=1, mode="length_grouped").plan(0), lengths)
+        llava = padding_efficiency(DistributedBatchSampler(lengths, 8, world_size=4, batching=Batching(
+            "length_grouped", grad_accum=4, megabatch_mult=1)).plan(0), lengths)
         print(f"    {mode:7s} mode, LLaVA-size megabatch (4 ranks x 8 x GA 4 = 128): {llava:.3f}")
         print(f"    {mode:7s} mode, mean {lengths.mean():6.1f} positions: random {rand:.3f}   "
               f"length-grouped {grouped:.3f}   token-budget({8 * int(lengths.mean())}) {budget:.3f} "

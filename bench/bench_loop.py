@@ -88,7 +88,7 @@ def main(argv=None) -> int:
 
     # --- bare PyTorch loop: same model, same batches, same precision --------------------------------
     from omni_ds.data.collator import OmniCollator
-    from omni_ds.data.sampler import DistributedBatchSampler
+    from omni_ds.data.sampler import Batching, DistributedBatchSampler
     from omni_ds.train.data import StepStream, count_targets
     torch.manual_seed(cfg.seed)
     model, tok = build_model(cfg, {})
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW(for_optimizer(build_param_groups(model, cfg)), lr=cfg.optim.learning_rate)
     sched = make_scheduler_factory(total, 0, "cosine", 0.0)(opt)
     params = [p for p in model.parameters() if p.requires_grad]
-    sampler = DistributedBatchSampler(run.train_set.lengths, args.micro, 1, 0, cfg.seed, grad_accum=args.gas)
+    sampler = DistributedBatchSampler(run.train_set.lengths, args.micro, 1, 0, cfg.seed, Batching(grad_accum=args.gas))
     stream = StepStream(run.train_set, sampler, args.gas, OmniCollator(tok.pad_token_id))
 
     def bare_block(n: int) -> list[float]:

@@ -7,6 +7,7 @@ greedy CTC collapsing is prefix-stable, the concatenated chunks equal the offlin
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -76,23 +77,38 @@ def instruction_audio_problem(wav: str | Path) -> Optional[str]:
     return None
 
 
+@dataclass(frozen=True)
+class PromptOptions:
+    """How the user turn around the speech is written; answer with what the model was trained on."""
+    instruction: str = DEFAULT_INSTRUCTION
+    system_prompt: str = SYSTEM_PROMPT
+    template: str = "llama3"
+    # The official inference's prompt can carry <|begin_of_text|> twice (template + tokenizer);
+    # omni_ds trains and answers with a single BOS by default.
+    double_bos: bool = False
+
+    def prompt_ids(self, tokenizer) -> list[int]:
+        builder = PromptBuilder(tokenizer, template=self.template, system_prompt=self.system_prompt,
+                                instruction=self.instruction)
+        prompt = builder.build(None)["input_ids"]
+        if self.double_bos and tokenizer.bos_token_id is not None:
+            prompt = [tokenizer.bos_token_id] + prompt
+        return prompt
+
+
 def answer(model: OmniSpeechModel, tokenizer, wav: str | Path, max_new_tokens: int = 256,
-           instruction: str = DEFAULT_INSTRUCTION, system_prompt: str = SYSTEM_PROMPT,
-           template: str = "llama3", double_bos: bool = False, stream_chunk_units: Optional[int] = None,
+           prompt: PromptOptions = PromptOptions(), stream_chunk_units: Optional[int] = None,
            on_chunk: Optional[Callable[[list[int]], None]] = None) -> dict:
     """{"text", "token_ids", "units"} (+ "unit_chunks" when streaming) for one WAV file.
 
-    double_bos reproduces the official inference's prompt, which can carry <|begin_of_text|>
-    twice (template + tokenizer); omni_ds trains and answers with a single BOS by default.
+    `stream_chunk_units`: emit units in chunks of at least that many while the text is generated
+    (each chunk also goes to `on_chunk`); None: the units are decoded once, at the end.
     """
     problem = instruction_audio_problem(wav)
     if problem:
         raise ValueError(problem)
     model.eval()
-    builder = PromptBuilder(tokenizer, template=template, system_prompt=system_prompt, instruction=instruction)
-    prompt = builder.build(None)["input_ids"]
-    if double_bos and tokenizer.bos_token_id is not None:
-        prompt = [tokenizer.bos_token_id] + prompt
+    prompt_ids = prompt.prompt_ids(tokenizer)
     mel, frames = log_mel(load_audio(wav), n_mels=model.speech_encoder.config.num_mel_bins,
                           mode=model.omni_config.encoder_mode)
     device = next(model.llm.parameters()).device
@@ -100,7 +116,7 @@ def answer(model: OmniSpeechModel, tokenizer, wav: str | Path, max_new_tokens: i
     streamer = None
     if stream_chunk_units is not None and model.speech_generator is not None:
         streamer = UnitStreamer(model.speech_generator, stream_chunk_units, on_chunk)
-    out = model.generate(mel[None].to(device, dtype), torch.tensor([frames], device=device), prompt,
+    out = model.generate(mel[None].to(device, dtype), torch.tensor([frames], device=device), prompt_ids,
                          max_new_tokens=max_new_tokens, eos_token_ids=eos_token_ids(model, tokenizer),
                          with_units=streamer is None,
                          on_token=None if streamer is None else (lambda _tok, state: streamer.push(state)))

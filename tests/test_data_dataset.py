@@ -12,7 +12,7 @@ from omni_ds.data.collator import OmniCollator
 from omni_ds.data.dataset import OmniSpeechDataset
 from omni_ds.data.manifest import load_manifest
 from omni_ds.data.prompt import PromptBuilder
-from omni_ds.data.sampler import DistributedBatchSampler
+from omni_ds.data.sampler import Batching, DistributedBatchSampler
 from omni_ds.data.validate import DataError, ValidationConfig
 from omni_ds.tiny.tokenizer import write_tiny_tokenizer
 
@@ -77,7 +77,7 @@ def test_stage2_units_padded(manifest, tok):
 
 def test_dataloader_with_sampler(manifest, tok):
     ds = OmniSpeechDataset(manifest, PromptBuilder(tok), ValidationConfig(mel_mode="trimmed"))
-    sampler = DistributedBatchSampler(ds.lengths, batch_size=2, mode="length_grouped", seed=3)
+    sampler = DistributedBatchSampler(ds.lengths, batch_size=2, seed=3, batching=Batching("length_grouped"))
     dl = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=OmniCollator(tok.pad_token_id))
     seen = sorted(i for b in dl for i in b["sample_index"].tolist())
     assert seen == [0, 1, 2]

@@ -4,7 +4,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from omni_ds.data.sampler import DistributedBatchSampler, padding_efficiency
+from omni_ds.data.sampler import Batching, DistributedBatchSampler, padding_efficiency
 
 LENGTHS = np.random.default_rng(0).integers(20, 500, size=103)
 
@@ -12,8 +12,8 @@ LENGTHS = np.random.default_rng(0).integers(20, 500, size=103)
 def _epoch(world, mode="random", batch=4, epoch=0, drop_last=False, **kw):
     per_rank = []
     for r in range(world):
-        s = DistributedBatchSampler(LENGTHS, batch, world_size=world, rank=r, seed=7, mode=mode,
-                                    drop_last=drop_last, **kw)
+        s = DistributedBatchSampler(LENGTHS, batch, world_size=world, rank=r, seed=7,
+                                    batching=Batching(mode, drop_last=drop_last, **kw))
         s.set_epoch(epoch)
         per_rank.append(list(s))
     return per_rank, s.padding_batches
@@ -31,7 +31,7 @@ def test_each_sample_once_per_epoch(world, mode, kw):
     counts = Counter(flat)
     assert set(counts) == set(range(len(LENGTHS)))             # every sample seen
     # the only repeats are the padding batches (whole batches from the start of the plan)
-    s = DistributedBatchSampler(LENGTHS, 4, world_size=world, seed=7, mode=mode, **kw)
+    s = DistributedBatchSampler(LENGTHS, 4, world_size=world, seed=7, batching=Batching(mode, **kw))
     plan = s.plan(0)
     real = plan[:len(plan) - pad_batches]
     assert sorted(i for b in real for i in b) == list(range(len(LENGTHS)))
@@ -60,12 +60,14 @@ def test_deterministic_per_seed_and_epoch():
 def test_resume_mid_epoch_sees_exactly_the_rest(mode, kw):
     for world in (1, 3):
         for rank in range(world):
-            full = DistributedBatchSampler(LENGTHS, 4, world_size=world, rank=rank, seed=7, mode=mode, **kw)
+            full = DistributedBatchSampler(LENGTHS, 4, world_size=world, rank=rank, seed=7,
+                                           batching=Batching(mode, **kw))
             full.set_epoch(3)
             all_batches = list(full)
             consumed = 5
             state = full.state_dict(batches_consumed=consumed)
-            resumed = DistributedBatchSampler(LENGTHS, 4, world_size=world, rank=rank, seed=7, mode=mode, **kw)
+            resumed = DistributedBatchSampler(LENGTHS, 4, world_size=world, rank=rank, seed=7,
+                                              batching=Batching(mode, **kw))
             resumed.load_state_dict(state)
             rest = list(resumed)
             assert rest == all_batches[consumed:] and len(resumed) == len(all_batches) - consumed
@@ -82,8 +84,8 @@ def test_resume_refuses_changed_setup():
 
 def test_length_grouped_pads_less_than_random():
     lengths = np.random.default_rng(1).lognormal(5, 0.5, size=4000).astype(int) + 1
-    rand = padding_efficiency(DistributedBatchSampler(lengths, 8, mode="random").plan(0), lengths)
-    grouped_s = DistributedBatchSampler(lengths, 8, mode="length_grouped")
+    rand = padding_efficiency(DistributedBatchSampler(lengths, 8, batching=Batching("random")).plan(0), lengths)
+    grouped_s = DistributedBatchSampler(lengths, 8, batching=Batching("length_grouped"))
     grouped = padding_efficiency(grouped_s.plan(0), lengths)
     assert grouped > 0.9 > rand
     # batches are contiguous runs of the sorted megabatch; steps (not samples) are shuffled
@@ -92,19 +94,19 @@ def test_length_grouped_pads_less_than_random():
 
 
 def test_token_budget_respected():
-    s = DistributedBatchSampler(LENGTHS, 1, mode="token_budget", max_tokens=1200)
+    s = DistributedBatchSampler(LENGTHS, 1, batching=Batching("token_budget", max_tokens=1200))
     for b in s.plan(0):
         assert len(b) * LENGTHS[b].max() <= 1200 or len(b) == 1
     sizes = {len(b) for b in s.plan(0)}
     assert max(sizes) > 2                         # short samples share a batch
-    single = DistributedBatchSampler(np.array([5000, 10, 10]), 1, mode="token_budget", max_tokens=100)
+    single = DistributedBatchSampler(np.array([5000, 10, 10]), 1, batching=Batching("token_budget", max_tokens=100))
     assert sorted(map(len, single.plan(0))) == [1, 2]    # over-budget sample alone
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="max_tokens"):
-        DistributedBatchSampler(LENGTHS, 4, mode="token_budget")
+        DistributedBatchSampler(LENGTHS, 4, batching=Batching("token_budget"))
     with pytest.raises(ValueError, match="allowed"):
-        DistributedBatchSampler(LENGTHS, 4, mode="bucketed")
+        DistributedBatchSampler(LENGTHS, 4, batching=Batching("bucketed"))
     with pytest.raises(ValueError, match="rank"):
         DistributedBatchSampler(LENGTHS, 4, world_size=2, rank=2)

@@ -10,7 +10,8 @@ from omni_ds.data.prompt import PromptBuilder
 from omni_ds.data.validate import ValidationConfig
 from omni_ds.model.checkpoint import build_from_parts, save_omni_folder
 from omni_ds.tiny.models import tiny_omni_config
-from omni_ds.train.hidden_cache import CachedStatesDataset, HiddenStateCache, cache_key, collate_cached
+from omni_ds.train.hidden_cache import (CachedStatesDataset, HiddenStateCache, StateSource, cache_key,
+                                        collate_cached)
 
 
 def make_stage2_set(tmp_path, real_clips, tiny_parts):
@@ -37,7 +38,8 @@ def test_cached_and_uncached_losses_are_equal(tmp_path, real_clips, tiny_parts):
     collate = OmniCollator(tokenizer.pad_token_id)
     # two "ranks" writing their shares, as a 2-rank run does (no process group needed here)
     for rank in (0, 1):
-        cache.build(model, data, collate, batch_size=2, device="cpu", float_dtype=torch.float32, rank=rank, world=2)
+        cache.build(StateSource(model, data, collate, batch_size=2, device="cpu", float_dtype=torch.float32),
+                    rank=rank, world=2)
     assert cache.complete and len(list(cache.dir.glob("part-*.json"))) == 2
     cached = CachedStatesDataset(data, cache)
     for rows in ([0, 1], [2, 3, 4]):
@@ -65,7 +67,7 @@ def test_bf16_cache_is_close_and_half_the_size(tmp_path, real_clips, tiny_parts)
     sizes = {}
     for dtype in ("fp32", "bf16"):
         cache = HiddenStateCache(tmp_path / "cache", f"k-{dtype}", dtype=dtype)
-        cache.build(model, data, collate, batch_size=3, device="cpu", float_dtype=torch.float32)
+        cache.build(StateSource(model, data, collate, batch_size=3, device="cpu", float_dtype=torch.float32))
         sizes[dtype] = sum(p.stat().st_size for p in cache.dir.glob("*.bin"))
         states = CachedStatesDataset(data, cache)[1]["response_states"]
         ref = collate([data[1]])

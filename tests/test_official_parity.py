@@ -14,7 +14,7 @@ import torch
 
 from omni_ds.constants import DEFAULT_INSTRUCTION, SPEECH_TOKEN_INDEX, SYSTEM_PROMPT
 from omni_ds.data.audio import load_audio
-from omni_ds.inference import answer, eos_token_ids
+from omni_ds.inference import PromptOptions, answer, eos_token_ids
 from omni_ds.model.checkpoint import build_from_parts, load_omni_folder
 from omni_ds.tiny.models import tiny_omni_config
 from released_layout import write_released_layout
@@ -95,7 +95,7 @@ def test_released_folder_matches_official_inference(released, official, real_cli
     dims = torch.load(pt, weights_only=True)["dims"]
     assert model.speech_encoder.config.encoder_attention_heads == dims["n_audio_head"]
     for wav in real_clips[:3]:
-        ours = answer(model, tokenizer, wav, max_new_tokens=8, double_bos=True)
+        ours = answer(model, tokenizer, wav, max_new_tokens=8, prompt=PromptOptions(double_bos=True))
         tokens, units, mel, feats = official_answer(official, tokenizer, wav, 8)
         assert ours["token_ids"] == tokens, wav.name
         assert ours["units"] == units, wav.name

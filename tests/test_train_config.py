@@ -175,8 +175,8 @@ def test_classic_trap_8b_zero2_on_four_l40():
     shape = mem.shape_for(mem.LLM_PRESETS["llama-3.1-8b"])
     assert shape.llm_params == 8_030_261_248            # Llama-3.1-8B, exact
     psi = shape.llm_params + shape.projector_params
-    plan = mem.estimate(shape, 1, zero_stage=2, world_size=4, micro_batch=4, seq_len=415,
-                        gradient_checkpointing=True)
+    plan = mem.estimate(shape, mem.RunSettings(1, world_size=4, micro_batch=4, seq_len=415),
+                        mem.MemorySetup(zero_stage=2, gradient_checkpointing=True))
     states = next(v for k, v in plan.lines.items() if k.startswith("model states"))
     assert states == pytest.approx(48.7, abs=0.05)
     # the same number as DeepSpeed's own estimator
@@ -188,7 +188,7 @@ def test_classic_trap_8b_zero2_on_four_l40():
     fits = mem.alternatives(shape, 1, 4, 4, 415, "bf16", l40)
     kinds = {(p.zero_stage, p.offload_optimizer, p.offload_params) for p in fits}
     assert (3, False, False) in kinds and (2, True, False) in kinds and (2, False, False) not in kinds
-    z3 = mem.estimate(shape, 1, 3, 4, 4, 415, True)
+    z3 = mem.estimate(shape, mem.RunSettings(1, 4, 4, 415), mem.MemorySetup(3, True))
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     _, z3_bytes, _ = estimate_zero3_model_states_mem_needs(psi, shape.llm_largest_layer, num_gpus_per_node=4,
                                                             cpu_offload=False)

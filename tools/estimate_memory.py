@@ -51,10 +51,11 @@ def main(argv=None) -> int:
           f"stage {args.stage}, {args.gpus} GPU(s)")
     setups = ([(args.zero, args.offload_optimizer, args.offload_params)] if args.zero is not None else
               [(2, False, False), (2, True, False), (3, False, False), (3, True, False), (3, True, True)])
+    run = mem.RunSettings(args.stage, args.gpus, args.micro_batch, args.seq_len, args.precision,
+                          args.freeze_backbone)
     any_fit = False
     for z, oo, op in setups:
-        plan = mem.estimate(shape, args.stage, z, args.gpus, args.micro_batch, args.seq_len,
-                            not args.no_recompute, args.precision, oo, op, args.freeze_backbone)
+        plan = mem.estimate(shape, run, mem.MemorySetup(z, not args.no_recompute, oo, op))
         print(plan.describe())
         print("  -> " + mem.verdict(plan, gpu_gib, name))
         any_fit |= gpu_gib is None or plan.total_gib <= gpu_gib

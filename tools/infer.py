@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = p.parse_args(argv)
 
-    from omni_ds.inference import answer, write_units_file
+    from omni_ds.inference import PromptOptions, answer, write_units_file
     from omni_ds.model.checkpoint import load_omni_folder
 
     if not Path(args.wav).exists():
@@ -56,8 +56,8 @@ def main(argv=None) -> int:
     _say_if_cut(args.wav, args.json)
     model, tokenizer = load_omni_folder(args.model, dtype=getattr(torch, args.dtype))
     model.to(args.device)
-    result = answer(model, tokenizer, args.wav, args.max_new_tokens, args.instruction, args.system_prompt,
-                    args.template, args.double_bos, args.stream,
+    prompt = PromptOptions(args.instruction, args.system_prompt, args.template, args.double_bos)
+    result = answer(model, tokenizer, args.wav, args.max_new_tokens, prompt, args.stream,
                     on_chunk=None if args.json else (lambda c: print(f"[units chunk] {c}", flush=True)))
     if args.units_out and result["units"] is not None:
         write_units_file(result["units"], args.units_out)

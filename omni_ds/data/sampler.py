@@ -26,29 +26,39 @@ a DataLoader prefetches ahead of the training step.)
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 MODES = ("random", "length_grouped", "token_budget")
 
 
+@dataclass(frozen=True)
+class Batching:
+    """How an epoch's samples are cut into batches (the modes are described above)."""
+    mode: str = "random"
+    grad_accum: int = 1               # a megabatch spans world_size x batch_size x grad_accum x megabatch_mult
+    megabatch_mult: int = 50
+    max_tokens: int | None = None     # token_budget: batch size x longest length stays within this
+    drop_last: bool = False           # a plan not a multiple of world_size: drop its tail (else repeat)
+
+
 class DistributedBatchSampler:
     def __init__(self, lengths, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0,
-                 mode: str = "random", grad_accum: int = 1, megabatch_mult: int = 50,
-                 max_tokens: int | None = None, drop_last: bool = False):
-        if mode not in MODES:
-            raise ValueError(f"sampler mode {mode!r}: allowed {MODES}")
-        if mode == "token_budget" and not max_tokens:
+                 batching: Batching = Batching()):
+        if batching.mode not in MODES:
+            raise ValueError(f"sampler mode {batching.mode!r}: allowed {MODES}")
+        if batching.mode == "token_budget" and not batching.max_tokens:
             raise ValueError("sampler mode 'token_budget' needs max_tokens > 0")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
-        if batch_size < 1 or grad_accum < 1 or megabatch_mult < 1:
+        if batch_size < 1 or batching.grad_accum < 1 or batching.megabatch_mult < 1:
             raise ValueError("batch_size, grad_accum and megabatch_mult must be >= 1")
         self.lengths = np.asarray(lengths, dtype=np.int64)
         if len(self.lengths) == 0:
             raise ValueError("sampler needs at least one sample")
         self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
-        self.seed, self.mode, self.grad_accum = seed, mode, grad_accum
-        self.megabatch_mult, self.max_tokens, self.drop_last = megabatch_mult, max_tokens, drop_last
+        self.seed, self.batching = seed, batching
         self.epoch, self.offset = 0, 0
         self.padding_batches = 0
         self._plan_key = None
@@ -59,13 +69,13 @@ class DistributedBatchSampler:
         return np.random.default_rng([self.seed, epoch])
 
     def _grouped_batches(self, perm: np.ndarray, rng: np.random.Generator) -> list[list[int]]:
-        mega = self.world_size * self.batch_size * self.grad_accum * self.megabatch_mult
+        mega = self.world_size * self.batch_size * self.batching.grad_accum * self.batching.megabatch_mult
         batches: list[list[int]] = []
         for start in range(0, len(perm), mega):
             chunk = perm[start:start + mega]
             # Longest first, stable, so equal lengths keep the random order of the permutation.
             chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
-            if self.mode == "length_grouped":
+            if self.batching.mode == "length_grouped":
                 batches += [chunk[i:i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
             else:
                 batches += self._budget_batches(chunk)
@@ -79,7 +89,7 @@ class DistributedBatchSampler:
         batches, cur, longest = [], [], 0
         for idx in chunk.tolist():
             n = int(self.lengths[idx])
-            if cur and max(longest, n) * (len(cur) + 1) > self.max_tokens:
+            if cur and max(longest, n) * (len(cur) + 1) > self.batching.max_tokens:
                 batches.append(cur)
                 cur, longest = [], 0
             cur.append(idx)
@@ -92,14 +102,14 @@ class DistributedBatchSampler:
         """All batches of the epoch, over all ranks, in order (batch j -> rank j % world_size)."""
         rng = self._rng(epoch)
         perm = rng.permutation(len(self.lengths))
-        if self.mode == "random":
+        if self.batching.mode == "random":
             batches = [perm[i:i + self.batch_size].tolist() for i in range(0, len(perm), self.batch_size)]
         else:
             batches = self._grouped_batches(perm, rng)
         extra = (-len(batches)) % self.world_size
         surplus = len(batches) % self.world_size
         self.padding_batches = 0
-        if surplus and self.drop_last and len(batches) > surplus:
+        if surplus and self.batching.drop_last and len(batches) > surplus:
             batches = batches[:len(batches) - surplus]
         elif extra:
             # Repeat from the start (cycling if the plan is tiny) so every rank gets a batch.
@@ -121,16 +131,20 @@ class DistributedBatchSampler:
             raise ValueError(f"offset {offset} < 0")
         self.epoch, self.offset = int(epoch), int(offset)
 
+    def _order_setup(self) -> dict:
+        """What decides the data order beyond the epoch: a saved position is only valid under the same."""
+        return {"seed": self.seed, "mode": self.batching.mode, "world_size": self.world_size}
+
     def state_dict(self, batches_consumed: int | None = None) -> dict:
         return {"epoch": self.epoch,
                 "offset": self.offset if batches_consumed is None else int(batches_consumed),
-                "seed": self.seed, "mode": self.mode, "world_size": self.world_size}
+                **self._order_setup()}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "mode", "world_size"):
-            if key in state and state[key] != getattr(self, key):
+        for key, now in self._order_setup().items():
+            if key in state and state[key] != now:
                 raise ValueError(f"sampler state was saved with {key}={state[key]!r}, now "
-                                 f"{getattr(self, key)!r}: the data order would not resume exactly")
+                                 f"{now!r}: the data order would not resume exactly")
         self.set_epoch(state["epoch"], state["offset"])
 
     def __iter__(self):

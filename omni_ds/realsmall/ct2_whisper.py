@@ -64,8 +64,8 @@ def _scalar(m: Ct2Model, name: str, path: str) -> int:
     return int(m.get(name))
 
 
-def ct2_whisper_state(m: Ct2Model, path: str = "model.bin") -> tuple[dict, dict[str, torch.Tensor]]:
-    """(WhisperConfig keyword arguments, HF state dict in float32) from a read WhisperSpec model."""
+def _check_whisper_semantics(m: Ct2Model, path: str) -> None:
+    """Refuse a model whose spec or scalars say it is not Whisper (it would convert, but wrongly)."""
     if m.spec_name != "WhisperSpec":
         raise Ct2WhisperError(f"{path}: spec {m.spec_name!r}, expected 'WhisperSpec'")
     for side in ("encoder", "decoder"):
@@ -73,69 +73,93 @@ def ct2_whisper_state(m: Ct2Model, path: str = "model.bin") -> tuple[dict, dict[
             name = f"{side}/{key}"
             if name in m and _scalar(m, name, path) != want:
                 raise Ct2WhisperError(f"{path}: {name} = {_scalar(m, name, path)}, Whisper needs {want}")
-    sd: dict[str, torch.Tensor] = {}
 
-    def norm(dst: str, src: str) -> None:
-        sd[dst + ".weight"], sd[dst + ".bias"] = _t(m, src + "/gamma", path), _t(m, src + "/beta", path)
 
-    def linear(dst: str, src: str, bias: bool = True) -> None:
-        sd[dst + ".weight"] = _t(m, src + "/weight", path)
-        if bias:
-            sd[dst + ".bias"] = _t(m, src + "/bias", path)
+class _StateMapper:
+    """Copies CTranslate2 variables into an HF state dict under transformers' names."""
 
-    def split(dst_prefix: str, src: str, parts: str) -> None:
+    def __init__(self, m: Ct2Model, path: str):
+        self.m, self.path = m, path
+        self.sd: dict[str, torch.Tensor] = {}
+
+    def tensor(self, dst: str, src: str) -> None:
+        self.sd[dst] = _t(self.m, src, self.path)
+
+    def norm(self, dst: str, src: str) -> None:
+        self.tensor(dst + ".weight", src + "/gamma")
+        self.tensor(dst + ".bias", src + "/beta")
+
+    def linear(self, dst: str, src: str) -> None:
+        self.tensor(dst + ".weight", src + "/weight")
+        self.tensor(dst + ".bias", src + "/bias")
+
+    def split(self, dst_prefix: str, src: str, parts: str) -> None:
         """A stacked projection (e.g. "qkv") -> one Linear per part; k_proj takes no bias."""
-        w, b = _t(m, src + "/weight", path), _t(m, src + "/bias", path)
+        w, b = _t(self.m, src + "/weight", self.path), _t(self.m, src + "/bias", self.path)
         if w.shape[0] % len(parts):
-            raise Ct2WhisperError(f"{path}: {src}/weight rows {w.shape[0]} do not split in {len(parts)}")
+            raise Ct2WhisperError(f"{self.path}: {src}/weight rows {w.shape[0]} do not split in {len(parts)}")
         for p, wp, bp in zip(parts, w.chunk(len(parts)), b.chunk(len(parts))):
-            sd[f"{dst_prefix}.{p}_proj.weight"] = wp.contiguous()
+            self.sd[f"{dst_prefix}.{p}_proj.weight"] = wp.contiguous()
             if p == "k":
                 if bp.abs().max() > 0:
-                    raise Ct2WhisperError(f"{path}: {src}/bias has a non-zero key part; Whisper's k_proj "
+                    raise Ct2WhisperError(f"{self.path}: {src}/bias has a non-zero key part; Whisper's k_proj "
                                           "has no bias")
             else:
-                sd[f"{dst_prefix}.{p}_proj.bias"] = bp.contiguous()
+                self.sd[f"{dst_prefix}.{p}_proj.bias"] = bp.contiguous()
 
-    n_enc, n_dec = _layer_count(m, "encoder"), _layer_count(m, "decoder")
-    linear("model.encoder.conv1", "encoder/conv1")
-    linear("model.encoder.conv2", "encoder/conv2")
-    sd["model.encoder.embed_positions.weight"] = _t(m, "encoder/position_encodings/encodings", path)
-    for i in range(n_enc):
-        s, d = f"encoder/layer_{i}", f"model.encoder.layers.{i}"
-        norm(f"{d}.self_attn_layer_norm", f"{s}/self_attention/layer_norm")
-        split(f"{d}.self_attn", f"{s}/self_attention/linear_0", "qkv")
-        linear(f"{d}.self_attn.out_proj", f"{s}/self_attention/linear_1")
-        norm(f"{d}.final_layer_norm", f"{s}/ffn/layer_norm")
-        linear(f"{d}.fc1", f"{s}/ffn/linear_0")
-        linear(f"{d}.fc2", f"{s}/ffn/linear_1")
-    norm("model.encoder.layer_norm", "encoder/layer_norm")
+    def self_attention(self, d: str, s: str) -> None:
+        """The pre-norm self-attention block, the same in encoder and decoder layers."""
+        self.norm(f"{d}.self_attn_layer_norm", f"{s}/self_attention/layer_norm")
+        self.split(f"{d}.self_attn", f"{s}/self_attention/linear_0", "qkv")
+        self.linear(f"{d}.self_attn.out_proj", f"{s}/self_attention/linear_1")
 
-    sd["model.decoder.embed_tokens.weight"] = _t(m, "decoder/embeddings/weight", path)
-    sd["model.decoder.embed_positions.weight"] = _t(m, "decoder/position_encodings/encodings", path)
-    for i in range(n_dec):
-        s, d = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
-        norm(f"{d}.self_attn_layer_norm", f"{s}/self_attention/layer_norm")
-        split(f"{d}.self_attn", f"{s}/self_attention/linear_0", "qkv")
-        linear(f"{d}.self_attn.out_proj", f"{s}/self_attention/linear_1")
-        norm(f"{d}.encoder_attn_layer_norm", f"{s}/attention/layer_norm")
-        linear(f"{d}.encoder_attn.q_proj", f"{s}/attention/linear_0")
-        split(f"{d}.encoder_attn", f"{s}/attention/linear_1", "kv")
-        linear(f"{d}.encoder_attn.out_proj", f"{s}/attention/linear_2")
-        norm(f"{d}.final_layer_norm", f"{s}/ffn/layer_norm")
-        linear(f"{d}.fc1", f"{s}/ffn/linear_0")
-        linear(f"{d}.fc2", f"{s}/ffn/linear_1")
-    norm("model.decoder.layer_norm", "decoder/layer_norm")
+    def cross_attention(self, d: str, s: str) -> None:
+        """The decoder's attention over the encoder output (its keys and values are stacked)."""
+        self.norm(f"{d}.encoder_attn_layer_norm", f"{s}/attention/layer_norm")
+        self.linear(f"{d}.encoder_attn.q_proj", f"{s}/attention/linear_0")
+        self.split(f"{d}.encoder_attn", f"{s}/attention/linear_1", "kv")
+        self.linear(f"{d}.encoder_attn.out_proj", f"{s}/attention/linear_2")
 
+    def ffn(self, d: str, s: str) -> None:
+        self.norm(f"{d}.final_layer_norm", f"{s}/ffn/layer_norm")
+        self.linear(f"{d}.fc1", f"{s}/ffn/linear_0")
+        self.linear(f"{d}.fc2", f"{s}/ffn/linear_1")
+
+    def encoder(self, n_layers: int) -> None:
+        self.linear("model.encoder.conv1", "encoder/conv1")
+        self.linear("model.encoder.conv2", "encoder/conv2")
+        self.tensor("model.encoder.embed_positions.weight", "encoder/position_encodings/encodings")
+        for i in range(n_layers):
+            s, d = f"encoder/layer_{i}", f"model.encoder.layers.{i}"
+            self.self_attention(d, s)
+            self.ffn(d, s)
+        self.norm("model.encoder.layer_norm", "encoder/layer_norm")
+
+    def decoder(self, n_layers: int) -> None:
+        self.tensor("model.decoder.embed_tokens.weight", "decoder/embeddings/weight")
+        self.tensor("model.decoder.embed_positions.weight", "decoder/position_encodings/encodings")
+        for i in range(n_layers):
+            s, d = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
+            self.self_attention(d, s)
+            self.cross_attention(d, s)
+            self.ffn(d, s)
+        self.norm("model.decoder.layer_norm", "decoder/layer_norm")
+
+
+def _check_tied_projection(m: Ct2Model, sd: dict[str, torch.Tensor], path: str) -> None:
+    """HF Whisper ties proj_out to embed_tokens, so an untied output projection cannot be kept."""
     if "decoder/projection/weight" in m:
         proj = _t(m, "decoder/projection/weight", path)
         if not torch.equal(proj, sd["model.decoder.embed_tokens.weight"]):
             raise Ct2WhisperError(f"{path}: decoder/projection/weight differs from decoder/embeddings/weight; "
                                   "Whisper ties them")
 
+
+def _whisper_config(m: Ct2Model, sd: dict[str, torch.Tensor], n_enc: int, n_dec: int, path: str) -> dict:
+    """WhisperConfig keyword arguments read off the tensor shapes and the head-count scalars."""
     enc_heads, dec_heads = _scalar(m, "encoder/num_heads", path), _scalar(m, "decoder/num_heads", path)
     conv1 = sd["model.encoder.conv1.weight"]
-    config = dict(
+    return dict(
         vocab_size=sd["model.decoder.embed_tokens.weight"].shape[0],
         num_mel_bins=conv1.shape[1], d_model=conv1.shape[0],
         encoder_layers=n_enc, decoder_layers=n_dec,
@@ -146,7 +170,17 @@ def ct2_whisper_state(m: Ct2Model, path: str = "model.bin") -> tuple[dict, dict[
         max_target_positions=sd["model.decoder.embed_positions.weight"].shape[0],
         activation_function="gelu", scale_embedding=False, tie_word_embeddings=True,
     )
-    return config, sd
+
+
+def ct2_whisper_state(m: Ct2Model, path: str = "model.bin") -> tuple[dict, dict[str, torch.Tensor]]:
+    """(WhisperConfig keyword arguments, HF state dict in float32) from a read WhisperSpec model."""
+    _check_whisper_semantics(m, path)
+    n_enc, n_dec = _layer_count(m, "encoder"), _layer_count(m, "decoder")
+    mapper = _StateMapper(m, path)
+    mapper.encoder(n_enc)
+    mapper.decoder(n_dec)
+    _check_tied_projection(m, mapper.sd, path)
+    return _whisper_config(m, mapper.sd, n_enc, n_dec, path), mapper.sd
 
 
 def _special_ids(tokenizer_json: Path) -> dict[str, int]:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -49,6 +50,28 @@ def cache_key(model_dir: Path, manifest_path: Path, settings: dict) -> str:
     return h.hexdigest()[:24]
 
 
+@dataclass(frozen=True)
+class StateSource:
+    """Where the cached states come from: the frozen model run over `dataset`, `batch_size` items
+    at a time batched by `collate`, inputs moved to `device` and floating ones cast to `float_dtype`."""
+    model: Any
+    dataset: Any
+    collate: Callable[[list], dict]
+    batch_size: int
+    device: Any
+    float_dtype: torch.dtype
+
+    def response_states(self, items: list[int]) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """(the collated batch, [B, N, D] response states, [B] their lengths) of these dataset items."""
+        batch = self.collate([self.dataset[i] for i in items])
+        inputs = {k: (v.to(self.device).to(self.float_dtype) if v.is_floating_point() else v.to(self.device))
+                  for k, v in batch.items() if torch.is_tensor(v)}
+        states, lengths = self.model.response_hidden_states(
+            inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
+            inputs["speech_mel"], inputs["speech_frames"])
+        return batch, states, lengths
+
+
 class HiddenStateCache:
     def __init__(self, root: Path, key: str, dtype: str = "bf16"):
         if dtype not in DTYPES:
@@ -65,8 +88,7 @@ class HiddenStateCache:
 
     # ---- building ----------------------------------------------------------------------------
     @torch.no_grad()
-    def build(self, model, dataset, collate, batch_size: int, device, float_dtype: torch.dtype,
-              rank: int = 0, world: int = 1, progress=None) -> None:
+    def build(self, source: StateSource, rank: int = 0, world: int = 1, progress=None) -> bool:
         """Every rank writes the states of dataset items rank, rank + world, ...; meta.json is
         written once all parts exist. Parts already complete (from a killed build) are kept.
         A complete cache (meta.json present) is not touched: returns False; True when it was built.
@@ -76,31 +98,36 @@ class HiddenStateCache:
             return False
         self.dir.mkdir(parents=True, exist_ok=True)
         name = f"part-{rank:05d}-of-{world:05d}"
+        n_records = len(source.dataset)
         if not (self.dir / f"{name}.json").exists():
-            n_batches = -(-(-(-len(dataset) // world)) // batch_size)     # ceil(ceil(N / world) / bs)
-            self._build_part(model, dataset, collate, batch_size, device, float_dtype,
-                             range(rank, len(dataset), world), name, progress, n_batches)
+            n_batches = -(-(-(-n_records // world)) // source.batch_size)     # ceil(ceil(N / world) / bs)
+            self._build_part(source, range(rank, n_records, world), name, progress, n_batches)
         if dist.is_initialized():
             dist.barrier()
-        parts = sorted(self.dir.glob(f"part-*-of-{world:05d}.json"))
-        if len(parts) == world and not self.complete:      # whichever rank sees every part
-            width = None
-            for part in parts:
-                width = width or json.loads(part.read_text())["width"]
-            meta = {"world": world, "dtype": self.dtype, "width": width, "records": len(dataset)}
-            tmp = self.dir / f"meta.json.tmp{rank}"
-            tmp.write_text(json.dumps(meta))
-            os.replace(tmp, self.dir / "meta.json")
+        self._write_meta_once_complete(world, n_records, rank)
         if dist.is_initialized():
             dist.barrier()
         return True
 
-    def _build_part(self, model, dataset, collate, batch_size, device, float_dtype,
-                    items: Iterable[int], name: str, progress, n_batches: Optional[int] = None) -> None:
+    def _write_meta_once_complete(self, world: int, n_records: int, rank: int) -> None:
+        """meta.json (which marks the cache complete), written by whichever rank sees every part."""
+        parts = sorted(self.dir.glob(f"part-*-of-{world:05d}.json"))
+        if len(parts) == world and not self.complete:
+            width = None
+            for part in parts:
+                width = width or json.loads(part.read_text())["width"]
+            meta = {"world": world, "dtype": self.dtype, "width": width, "records": n_records}
+            tmp = self.dir / f"meta.json.tmp{rank}"
+            tmp.write_text(json.dumps(meta))
+            os.replace(tmp, self.dir / "meta.json")
+
+    def _build_part(self, source: StateSource, items: Iterable[int], name: str, progress,
+                    n_batches: Optional[int] = None) -> None:
         torch_dtype, np_dtype = DTYPES[self.dtype]
         index: dict[int, list[int]] = {}
         offset, width = 0, None
         items = list(items)
+        batch_size = source.batch_size
         starts = list(range(0, len(items), batch_size))
         n_batches = max(n_batches or 0, len(starts))
         tmp_bin = self.dir / f"{name}.bin.tmp"
@@ -108,12 +135,7 @@ class HiddenStateCache:
             for b in range(n_batches):
                 real = b < len(starts)
                 chosen = items[starts[b]:starts[b] + batch_size] if real else (items[:1] or [0])
-                batch = collate([dataset[i] for i in chosen])
-                inputs = {k: (v.to(device).to(float_dtype) if v.is_floating_point() else v.to(device))
-                          for k, v in batch.items() if torch.is_tensor(v)}
-                states, lengths = model.response_hidden_states(
-                    inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
-                    inputs["speech_mel"], inputs["speech_frames"])
+                batch, states, lengths = source.response_states(chosen)
                 if not real:                  # a filler forward for ZeRO-3's collectives
                     continue
                 width = states.shape[-1]

@@ -145,40 +145,69 @@ def model_states_gib(psi: int, zero_stage: int, n: int, largest: int, off_opt: b
     return b / GIB
 
 
-def estimate(shape: ModelShape, stage: int, zero_stage: int, world_size: int, micro_batch: int,
-             seq_len: int, gradient_checkpointing: bool, precision: str = "bf16",
-             offload_opt: bool = False, offload_par: bool = False, freeze_backbone: bool = False,
-             overhead_gib: float = 2.0) -> MemoryPlan:
-    act_bytes = 4 if precision == "fp32" else 2
-    if stage == 1:
-        trainable = shape.projector_params + (0 if freeze_backbone else shape.llm_params)
-        frozen = shape.encoder_params + (shape.llm_params if freeze_backbone else 0)
-        largest = shape.llm_largest_layer
-    else:
-        trainable = shape.decoder_params
-        frozen = shape.encoder_params + shape.projector_params + shape.llm_params
-        largest = max(shape.decoder_hidden * shape.decoder_intermediate, shape.decoder_hidden * 1001)
-    plan = MemoryPlan(stage, zero_stage, offload_opt, offload_par, world_size, micro_batch, seq_len,
-                      gradient_checkpointing, precision, trainable, frozen)
-    plan.lines[f"model states, {trainable / 1e9:.2f} B trainable"] = model_states_gib(
-        trainable, zero_stage, world_size, largest, offload_opt, offload_par)
-    frozen_n = world_size if zero_stage >= 3 and not offload_par else 1
-    plan.lines[f"frozen weights, {frozen / 1e9:.2f} B" + (" / N" if frozen_n > 1 else "")] = frozen * (4 if precision == "fp32" else 2) / frozen_n / GIB
-    s, h, L, I = micro_batch * seq_len, shape.hidden_size, shape.num_layers, shape.intermediate_size
-    if stage == 1:
+@dataclass(frozen=True)
+class RunSettings:
+    """What a run trains and on what batch: fixed by the recipe, whatever memory setup is chosen."""
+    stage: int
+    world_size: int
+    micro_batch: int
+    seq_len: int                    # LLM positions per sample (plan for the longest)
+    precision: str = "bf16"
+    freeze_backbone: bool = False   # stage 1: the LLM frozen too, only the projector trains
+
+
+@dataclass(frozen=True)
+class MemorySetup:
+    """The memory-saving choices a recipe can trade for speed: ZeRO stage, offloads, recompute."""
+    zero_stage: int
+    gradient_checkpointing: bool
+    offload_opt: bool = False
+    offload_par: bool = False
+
+
+def _param_split(shape: ModelShape, run: RunSettings) -> tuple[int, int, int]:
+    """(trainable, frozen, largest trainable layer) parameter counts of the run's stage."""
+    if run.stage == 1:
+        trainable = shape.projector_params + (0 if run.freeze_backbone else shape.llm_params)
+        frozen = shape.encoder_params + (shape.llm_params if run.freeze_backbone else 0)
+        return trainable, frozen, shape.llm_largest_layer
+    frozen = shape.encoder_params + shape.projector_params + shape.llm_params
+    largest = max(shape.decoder_hidden * shape.decoder_intermediate, shape.decoder_hidden * 1001)
+    return shape.decoder_params, frozen, largest
+
+
+def _activation_lines(shape: ModelShape, run: RunSettings, gradient_checkpointing: bool) -> dict:
+    """Activation terms (name -> GiB): the LLM's in stage 1, the CTC decoder's in stage 2."""
+    act_bytes = 4 if run.precision == "fp32" else 2
+    s, h, L, I = run.micro_batch * run.seq_len, shape.hidden_size, shape.num_layers, shape.intermediate_size
+    if run.stage == 1:
         per_layer = s * (34 * h + 3 * I * act_bytes) * act_bytes / 2   # bytes, 16-bit activations
         if gradient_checkpointing:
             acts = L * s * h * act_bytes + per_layer
         else:
             acts = L * per_layer
-        plan.lines["LLM activations"] = acts / GIB
-        plan.lines["logits + loss (fp32, upper bound)"] = 2 * s * shape.vocab_size * 4 / GIB
-    else:
-        dec_s = micro_batch * 25 * 60
-        per_layer = dec_s * (34 * shape.decoder_hidden + 3 * shape.decoder_intermediate * 2)
-        acts = shape.decoder_layers * per_layer + dec_s * 1001 * 4 * 2
-        plan.lines["decoder activations + CTC"] = acts / GIB
-        plan.lines["frozen LLM forward (one layer live)"] = s * (34 * h) / GIB
+        return {"LLM activations": acts / GIB,
+                "logits + loss (fp32, upper bound)": 2 * s * shape.vocab_size * 4 / GIB}
+    dec_s = run.micro_batch * 25 * 60
+    per_layer = dec_s * (34 * shape.decoder_hidden + 3 * shape.decoder_intermediate * 2)
+    acts = shape.decoder_layers * per_layer + dec_s * 1001 * 4 * 2
+    return {"decoder activations + CTC": acts / GIB,
+            "frozen LLM forward (one layer live)": s * (34 * h) / GIB}
+
+
+def estimate(shape: ModelShape, run: RunSettings, setup: MemorySetup, overhead_gib: float = 2.0) -> MemoryPlan:
+    trainable, frozen, largest = _param_split(shape, run)
+    plan = MemoryPlan(run.stage, setup.zero_stage, setup.offload_opt, setup.offload_par, run.world_size,
+                      run.micro_batch, run.seq_len, setup.gradient_checkpointing, run.precision,
+                      trainable, frozen)
+    plan.lines[f"model states, {trainable / 1e9:.2f} B trainable"] = model_states_gib(
+        trainable, setup.zero_stage, run.world_size, largest, setup.offload_opt, setup.offload_par)
+    # under ZeRO-3 the frozen weights are partitioned too, unless they are offloaded to the CPU
+    frozen_n = run.world_size if setup.zero_stage >= 3 and not setup.offload_par else 1
+    frozen_bytes = 4 if run.precision == "fp32" else 2
+    plan.lines[f"frozen weights, {frozen / 1e9:.2f} B" + (" / N" if frozen_n > 1 else "")] = \
+        frozen * frozen_bytes / frozen_n / GIB
+    plan.lines.update(_activation_lines(shape, run, setup.gradient_checkpointing))
     plan.lines["framework overhead (context, buckets, slack)"] = overhead_gib
     return plan
 
@@ -189,10 +218,10 @@ def alternatives(shape: ModelShape, stage: int, world_size: int, micro_batch: in
     options = [(2, False, False, False), (2, False, False, True), (3, False, False, False),
                (3, False, False, True), (2, True, False, True), (3, True, False, True),
                (3, True, True, True)]
+    run = RunSettings(stage, world_size, micro_batch, seq_len, precision, freeze_backbone)
     out = []
     for z, oo, op, gc in options:
-        p = estimate(shape, stage, z, world_size, micro_batch, seq_len, gc, precision, oo, op,
-                     freeze_backbone)
+        p = estimate(shape, run, MemorySetup(z, gc, oo, op))
         if p.total_gib <= gpu_gib:
             out.append(p)
     return out

@@ -107,7 +107,7 @@ def check_parameter_dtypes(model, dtype: torch.dtype) -> None:
 # ---- data -------------------------------------------------------------------------------------------
 def build_data(cfg: TrainConfig, model, tokenizer, world: int, rank: int, log):
     """(train set, val set or None, the distributed batch sampler): validated, lengths known."""
-    from omni_ds.data.sampler import DistributedBatchSampler
+    from omni_ds.data.sampler import Batching, DistributedBatchSampler
     from omni_ds.train.data import InMemory, build_dataset
     omni = model.omni_config
     args = (tokenizer, cfg, omni.encoder_mode, omni.speech_encoder_ds_rate, log, model.speech_encoder.config.num_mel_bins)
@@ -118,8 +118,8 @@ def build_data(cfg: TrainConfig, model, tokenizer, world: int, rank: int, log):
     if cfg.data.cache_in_memory:
         train, val = InMemory(train), (InMemory(val) if val is not None else None)
     micro, gas, _ = cfg.batch_geometry(world)
-    sampler = DistributedBatchSampler(train.lengths, micro, world, rank, cfg.seed, mode=cfg.batch.batching,
-                                      grad_accum=gas, max_tokens=cfg.batch.max_tokens_per_batch)
+    sampler = DistributedBatchSampler(train.lengths, micro, world, rank, cfg.seed,
+                                      Batching(cfg.batch.batching, gas, max_tokens=cfg.batch.max_tokens_per_batch))
     return train, val, sampler
 
 
@@ -177,7 +177,7 @@ def attach_hidden_cache(engine, cfg: TrainConfig, ds: dict, sets: tuple, collate
     LLaMA-Omni folder still holds them bit for bit); under ZeRO-3 they stay partitioned on the
     devices (1/world of their 16-bit weights per device) and are never gathered again."""
     from omni_ds.train.data import InMemory
-    from omni_ds.train.hidden_cache import CachedStatesDataset, HiddenStateCache, cache_key
+    from omni_ds.train.hidden_cache import CachedStatesDataset, HiddenStateCache, StateSource, cache_key
     root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.output_dir) / "hidden_cache"
     settings = cache_settings(cfg, engine.module)
     info: dict = {"cache_dir": str(root), "cache_dtype": cfg.data.cache_dtype}
@@ -191,8 +191,8 @@ def attach_hidden_cache(engine, cfg: TrainConfig, ds: dict, sets: tuple, collate
         key = cache_key(Path(cfg.model.init_from), Path(manifest), settings)
         cache = HiddenStateCache(root, key, dtype=cfg.data.cache_dtype)
         with _gathered_encoder(engine.module, ds):
-            built = cache.build(engine.module, base, collate, cfg.eval.batch_size, engine.device,
-                                torch_dtype(cfg.precision), rank, world)
+            built = cache.build(StateSource(engine.module, base, collate, cfg.eval.batch_size,
+                                            engine.device, torch_dtype(cfg.precision)), rank, world)
         log(f"hidden-state cache ({name}): {'built' if built else 'reused'} {cache.dir} "
             f"({cache.disk_bytes() / 1e6:.2f} MB for {len(base)} samples)")
         info[name] = {"key": key, "dir": str(cache.dir), "built": built, "bytes": cache.disk_bytes(),

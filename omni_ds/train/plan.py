@@ -195,15 +195,15 @@ class DryRun:
                  f"{cfg.data.cache_dir or Path(cfg.output_dir) / 'hidden_cache'}")
 
     def schedule(self, report) -> None:
-        from omni_ds.data.sampler import DistributedBatchSampler
+        from omni_ds.data.sampler import Batching, DistributedBatchSampler
         from omni_ds.train.schedule import plan_steps
         cfg = self.cfg
         lengths = report.lengths[report.good]
         self.seq_len = int(lengths.max())
         self.out(f"    LLM positions per sample: mean {lengths.mean():.0f}, max {self.seq_len} "
                  "(memory is planned for the max)")
-        sampler = DistributedBatchSampler(lengths, self.micro, self.world, 0, cfg.seed, mode=cfg.batch.batching,
-                                          grad_accum=self.gas, max_tokens=cfg.batch.max_tokens_per_batch)
+        sampler = DistributedBatchSampler(lengths, self.micro, self.world, 0, cfg.seed,
+                                          Batching(cfg.batch.batching, self.gas, max_tokens=cfg.batch.max_tokens_per_batch))
         steps = plan_steps(sampler, self.gas, cfg.optim)
         if steps.total < 1 or steps.steps_per_epoch < 1:
             self.problems.append(f"{len(report.good)} usable samples make no optimizer step of "
@@ -259,8 +259,9 @@ def memory_report(cfg: TrainConfig, ds: dict, shape, world: int, micro: int, seq
     """Print the per-GPU memory estimate, the verdict and, when it does not fit, what fits
     instead; True when it fits (or nothing is known to compare with). `device`: (GiB, name)."""
     gpu_mem, name = device
-    plan = mem.estimate(shape, cfg.stage, zero_stage(ds), world, micro, seq_len, cfg.model.gradient_checkpointing,
-                        cfg.precision, offload_optimizer(ds), offload_params(ds), cfg.model.freeze_backbone)
+    run = mem.RunSettings(cfg.stage, world, micro, seq_len, cfg.precision, cfg.model.freeze_backbone)
+    plan = mem.estimate(shape, run, mem.MemorySetup(zero_stage(ds), cfg.model.gradient_checkpointing,
+                                                     offload_optimizer(ds), offload_params(ds)))
     out(f"  memory per GPU (sequence {seq_len} LLM positions): {plan.describe()}")
     out(f"  {mem.verdict(plan, gpu_mem, name)}")
     if gpu_mem is None or plan.total_gib <= gpu_mem:
