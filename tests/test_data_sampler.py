@@ -32,7 +32,7 @@ def test_each_sample_once_per_epoch(world, mode, kw):
     assert set(counts) == set(range(len(LENGTHS)))             # every sample seen
     # the only repeats are the padding batches (whole batches from the start of the plan)
     s = DistributedBatchSampler(LENGTHS, 4, world_size=world, seed=7, batching=Batching(mode, **kw))
-    plan = s.plan(0)
+    plan = s.epoch_batches(0)
     real = plan[:len(plan) - pad_batches]
     assert sorted(i for b in real for i in b) == list(range(len(LENGTHS)))
     assert len(flat) - len(LENGTHS) == sum(len(b) for b in plan[len(real):])
@@ -52,8 +52,8 @@ def test_deterministic_per_seed_and_epoch():
     b, _ = _epoch(2, epoch=1)
     c, _ = _epoch(2, epoch=2)
     assert a == b and a != c
-    other_seed = DistributedBatchSampler(LENGTHS, 4, world_size=2, seed=8).plan(1)
-    assert other_seed != DistributedBatchSampler(LENGTHS, 4, world_size=2, seed=7).plan(1)
+    other_seed = DistributedBatchSampler(LENGTHS, 4, world_size=2, seed=8).epoch_batches(1)
+    assert other_seed != DistributedBatchSampler(LENGTHS, 4, world_size=2, seed=7).epoch_batches(1)
 
 
 @pytest.mark.parametrize("mode, kw", MODES, ids=[m for m, _ in MODES])
@@ -84,23 +84,23 @@ def test_resume_refuses_changed_setup():
 
 def test_length_grouped_pads_less_than_random():
     lengths = np.random.default_rng(1).lognormal(5, 0.5, size=4000).astype(int) + 1
-    rand = padding_efficiency(DistributedBatchSampler(lengths, 8, batching=Batching("random")).plan(0), lengths)
+    rand = padding_efficiency(DistributedBatchSampler(lengths, 8, batching=Batching("random")).epoch_batches(0), lengths)
     grouped_s = DistributedBatchSampler(lengths, 8, batching=Batching("length_grouped"))
-    grouped = padding_efficiency(grouped_s.plan(0), lengths)
+    grouped = padding_efficiency(grouped_s.epoch_batches(0), lengths)
     assert grouped > 0.9 > rand
     # batches are contiguous runs of the sorted megabatch; steps (not samples) are shuffled
-    first = [lengths[b].max() for b in grouped_s.plan(0)[:20]]
+    first = [lengths[b].max() for b in grouped_s.epoch_batches(0)[:20]]
     assert first != sorted(first, reverse=True)
 
 
 def test_token_budget_respected():
     s = DistributedBatchSampler(LENGTHS, 1, batching=Batching("token_budget", max_tokens=1200))
-    for b in s.plan(0):
+    for b in s.epoch_batches(0):
         assert len(b) * LENGTHS[b].max() <= 1200 or len(b) == 1
-    sizes = {len(b) for b in s.plan(0)}
+    sizes = {len(b) for b in s.epoch_batches(0)}
     assert max(sizes) > 2                         # short samples share a batch
     single = DistributedBatchSampler(np.array([5000, 10, 10]), 1, batching=Batching("token_budget", max_tokens=100))
-    assert sorted(map(len, single.plan(0))) == [1, 2]    # over-budget sample alone
+    assert sorted(map(len, single.epoch_batches(0))) == [1, 2]    # over-budget sample alone
 
 
 def test_bad_arguments():

@@ -61,8 +61,8 @@ class DistributedBatchSampler:
         self.seed, self.batching = seed, batching
         self.epoch, self.offset = 0, 0
         self.padding_batches = 0
-        self._plan_key = None
-        self._plan: list[list[int]] = []
+        self._batches_epoch = None
+        self._batches: list[list[int]] = []
 
     # -- plan -----------------------------------------------------------------------------------
     def _rng(self, epoch: int) -> np.random.Generator:
@@ -98,7 +98,7 @@ class DistributedBatchSampler:
             batches.append(cur)
         return batches
 
-    def plan(self, epoch: int) -> list[list[int]]:
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
         """All batches of the epoch, over all ranks, in order (batch j -> rank j % world_size)."""
         rng = self._rng(epoch)
         perm = rng.permutation(len(self.lengths))
@@ -119,10 +119,10 @@ class DistributedBatchSampler:
 
     def _rank_batches(self) -> list[list[int]]:
         key = (self.epoch,)
-        if self._plan_key != key:
-            self._plan = self.plan(self.epoch)[self.rank::self.world_size]
-            self._plan_key = key
-        return self._plan
+        if self._batches_epoch != key:
+            self._batches = self.epoch_batches(self.epoch)[self.rank::self.world_size]
+            self._batches_epoch = key
+        return self._batches
 
     # -- iteration and resume --------------------------------------------------------------------
     def set_epoch(self, epoch: int, offset: int = 0) -> None:

@@ -22,7 +22,7 @@ edit_distance.py stage 2 validation: unit edit distance (Levenshtein, numpy rows
 metrics.py       rank-0 tqdm / TensorBoard / wandb / metrics.jsonl / summary.json
 flops.py         FLOPs model and MFU
 memory.py        per-GPU memory estimate (DeepSpeed's model-state formulas + activations)
-plan.py          --dry-run (DryRun: one method per section) and the memory report the run shares
+dry_run.py       --dry-run (DryRun: one method per section) and the memory report the run shares
 recipe.py        the CLI shared by launch/stage1.py and launch/stage2.py
 demo.py          demo / test configs on tiny models
 """

@@ -30,7 +30,7 @@ class StepStream:
     def steps_in_epoch(self, epoch: int) -> int:
         if epoch not in self._steps:
             rank, world = self.sampler.rank, self.sampler.world_size
-            self._steps[epoch] = len(self.sampler.plan(epoch)[rank::world]) // self.gas
+            self._steps[epoch] = len(self.sampler.epoch_batches(epoch)[rank::world]) // self.gas
         return self._steps[epoch]
 
     @property

@@ -217,7 +217,7 @@ def memory_check(cfg: TrainConfig, ds: dict, rank: int, world: int, micro: int, 
     """The run's memory verdict as a callable `check(longest_sample, log) -> fits | None`. The
     model's shape is read now, before the model is built (under ZeRO-3 transformers would
     partition even a meta-device instance); rank 0 only."""
-    from omni_ds.train.plan import device_memory, model_shape, run_memory_check
+    from omni_ds.train.dry_run import device_memory, model_shape, run_memory_check
     device = device_memory(gpu, gpu_memory_gib, [])
     shape = model_shape(cfg)[0] if rank == 0 and device[0] is not None else None
 

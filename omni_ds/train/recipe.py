@@ -69,7 +69,7 @@ def run_cli(argv: list, stage: int) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
-        from omni_ds.train.plan import dry_run
+        from omni_ds.train.dry_run import dry_run
         return dry_run(cfg, args.ds, ds_raw, args.world_size, args.gpu, args.gpu_memory_gib)
     lock = None
     if int(os.environ.get("RANK", "0")) == 0:     # the launcher's rank 0 holds it for every rank
