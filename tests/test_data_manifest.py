@@ -54,8 +54,7 @@ def test_cache_reused_and_invalidated(tmp_path):
     ('{"text_response": "x"}', r"line 2.*'speech_instruction_path'"),
     ('{"speech_instruction_path": 5, "text_response": "x"}', r"line 2.*'speech_instruction_path'"),
     ('{"speech_instruction_path": "a.wav", "text_response": "x", "units": [1, "2"]}', r"line 2.*'units'"),
-    ('{"id": "z", "speech": "a.wav", "conversations": [{"from": "human", "value": "<speech>"}]}',
-     r"line 2 \(id z\).*'conversations'"),
+    ('{"id": "z", "speech": "a.wav", "conversations": {"from": "human"}}', r"line 2 \(id z\).*'conversations'"),
     ('{"speech_instruction_path": "a.wav", ', r"line 2: not valid JSON"),
     ('[1, 2]', r"line 2: record must be a JSON object"),
 ])
@@ -89,3 +88,14 @@ def test_utf8_bom_tolerated(tmp_path):
     path = tmp_path / "bom.jsonl"
     path.write_text("\ufeff" + json.dumps(flat("a.wav", response="Ünïcode ✓")) + "\n", encoding="utf-8")
     assert load_manifest(path)[0]["response_text"] == "Ünïcode ✓"
+
+
+def test_empty_and_non_utf8_manifests_are_named(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ManifestError, match=r"empty.jsonl: no records"):
+        load_manifest(empty)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(json.dumps(flat("a.wav", response="caf\u00e9")).encode("latin-1").replace(b"\\u00e9", b"\xe9"))
+    with pytest.raises(ManifestError, match=r"latin.jsonl: not UTF-8 text"):
+        load_manifest(latin)

@@ -1,9 +1,14 @@
 """Collation into the batch contract of docs/ARCHITECTURE.md (plus `sample_index`).
 
 input_ids right-padded with the tokenizer's pad id, labels with -100, attention_mask 1 on real
-tokens (the speech placeholder included), speech_mel [B, n_mels, T] (T = 3000 padded; the batch's
-longest clip in trimmed mode), speech_frames [B], units [B, U] padded with -100 in stage 2, and
-sample_index [B] (manifest indices; the trainer checks exact resume with it, the model ignores it).
+tokens (the speech placeholders included), speech_mel [S, n_mels, T] with one row per speech
+segment (S = B for single-turn items, one per human turn for dialogues, row by row in order;
+T = 3000 padded, the batch's longest clip in trimmed mode), speech_frames [S], units [N, U] padded
+with -100 in stage 2 (one row per answer, in the same order), and sample_index [B] (manifest
+indices; the trainer checks exact resume with it, the model ignores it).
+
+An item holds one segment (`speech_mel` a tensor, `units` a tensor) or a dialogue's segments and
+answers (lists of them).
 """
 from __future__ import annotations
 
@@ -19,6 +24,11 @@ def _pad_1d(rows: list[torch.Tensor], value: int) -> torch.Tensor:
     return out
 
 
+def spread(items: list[dict], key: str) -> list:
+    """The items' values of `key`, a dialogue's list spread in order."""
+    return [v for it in items for v in (it[key] if isinstance(it[key], list) else [it[key]])]
+
+
 class OmniCollator:
     def __init__(self, pad_token_id: int):
         if pad_token_id is None:
@@ -32,11 +42,11 @@ class OmniCollator:
             "input_ids": ids,
             "labels": _pad_1d([it["labels"] for it in items], IGNORE_INDEX),
             "attention_mask": (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long(),
-            "speech_mel": self._mels([it["speech_mel"] for it in items]),
-            "speech_frames": torch.tensor([int(it["speech_frames"]) for it in items], dtype=torch.long),
+            "speech_mel": self._mels(spread(items, "speech_mel")),
+            "speech_frames": torch.tensor([int(f) for f in spread(items, "speech_frames")], dtype=torch.long),
         }
         if "units" in items[0]:
-            batch["units"] = _pad_1d([it["units"] for it in items], IGNORE_INDEX)
+            batch["units"] = _pad_1d(spread(items, "units"), IGNORE_INDEX)
         batch["sample_index"] = torch.tensor([int(it["sample_index"]) for it in items], dtype=torch.long)
         return batch
 

@@ -15,7 +15,7 @@ import torch
 from omni_ds.data.audio import load_audio, log_mel, speech_positions
 from omni_ds.data.manifest import Manifest
 from omni_ds.data.prompt import PromptBuilder
-from omni_ds.data.validate import DataError, ValidationConfig, ValidationReport, validate_manifest
+from omni_ds.data.validate import DataError, ValidationConfig, ValidationReport, turn_units, validate_manifest
 
 log = logging.getLogger("omni_ds.data")
 _MAX_FALLBACKS = 16
@@ -44,29 +44,37 @@ class OmniSpeechDataset(torch.utils.data.Dataset):
 
     def load(self, i: int) -> dict:
         """Item i, raising on any failure (with the record id in the message)."""
-        rec = self.manifest[int(self.indices[i])]
+        index = int(self.indices[i])
+        rid = self.manifest.arrow_column("id")[index].as_py()
         try:
-            wave = load_audio(rec["speech_path"])
-            mel, frames = log_mel(wave, n_mels=self.n_mels, mode=self.cfg.mel_mode)
-            positions = speech_positions(frames, self.cfg.speech_ds_rate)
-            built = self.builder.build(rec["response_text"], rec["prompt_instruction"], speech_positions=positions)
+            turns = self.manifest.turns(index)
+            mels, frames = zip(*(log_mel(load_audio(t["speech_path"]), n_mels=self.n_mels, mode=self.cfg.mel_mode)
+                                 for t in turns))
+            positions = [speech_positions(f, self.cfg.speech_ds_rate) for f in frames]
+            built = self.builder.build_dialogue([(t["prompt_instruction"], t["response_text"]) for t in turns],
+                                                positions, supervise=self.cfg.supervise)
         except Exception as e:
-            raise DataError(f"record {rec['id']} (manifest index {rec['index']}): "
-                            f"{type(e).__name__}: {e}", rec["id"]) from e
+            raise DataError(f"record {rid} (manifest index {index}): {type(e).__name__}: {e}", rid) from e
+        kept = built["n_turns"]              # whole trailing turns dropped to fit model_max_length
+        single = len(turns) == 1
         item = {
             "input_ids": torch.tensor(built["input_ids"], dtype=torch.long),
             "labels": torch.tensor(built["labels"], dtype=torch.long),
-            "speech_mel": mel,
-            "speech_frames": frames,
-            "sample_index": rec["index"],
+            "speech_mel": mels[0] if single else list(mels[:kept]),
+            "speech_frames": frames[0] if single else list(frames[:kept]),
+            "sample_index": index,
         }
         if self.cfg.stage == 2:
-            units = rec["units"] or []
-            if not units or min(units) < 0 or max(units) >= 1000:
-                raise DataError(f"record {rec['id']} (manifest index {rec['index']}): units missing "
-                                "or out of range", rec["id"])
-            item["units"] = torch.tensor(units, dtype=torch.long)
+            units = [self._units(t, rid, index, k) for k, t in enumerate(turns[:kept])]
+            item["units"] = units[0] if single else units
         return item
+
+    def _units(self, turn: dict, rid: str, index: int, k: int) -> torch.Tensor:
+        units = turn_units(turn, self.cfg.unit_source) or []
+        if not units or min(units) < 0 or max(units) >= self.cfg.unit_vocab_size:
+            raise DataError(f"record {rid} (manifest index {index}), answer {k + 1}: units missing or "
+                            f"outside 0..{self.cfg.unit_vocab_size - 1}", rid)
+        return torch.tensor(units, dtype=torch.long)
 
     def __getitem__(self, i: int) -> dict:
         if self.cfg.on_bad == "error":

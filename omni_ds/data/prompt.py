@@ -69,20 +69,45 @@ class PromptBuilder:
 
     def render(self, response_text: str | None = None, instruction: str | None = None) -> tuple[str, str]:
         """(generation prompt text, answer text incl. its end-of-turn marker or "")."""
-        user = self._user_text(instruction)
+        (prompt, answer), = self.dialogue_pieces([(instruction, response_text)])
+        return prompt, answer
+
+    def dialogue_pieces(self, turns: list[tuple[str | None, str | None]]) -> list[tuple[str, str]]:
+        """Per turn (instruction, response): (the text up to the assistant's answer, the answer
+        incl. its end-of-turn marker, or "" for a generation prompt). Joined in order they are the
+        whole conversation; the first piece holds the system prompt."""
         if self.template == "llama3":
-            prompt, eot = _llama3_parts(self.system_prompt, user)
-            return prompt, ("" if response_text is None else response_text + eot)
-        msgs = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": user}]
-        prompt = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        if response_text is None:
-            return prompt, ""
-        full = self.tokenizer.apply_chat_template(
-            msgs + [{"role": "assistant", "content": response_text}], tokenize=False)
-        if not full.startswith(prompt):
-            raise PromptError("the tokenizer's chat template renders the answer turn differently "
-                              "from its generation prompt; cannot locate the response span")
-        return prompt, full[len(prompt):]
+            out = []
+            for k, (instruction, response) in enumerate(turns):
+                prompt, eot = _llama3_parts(self.system_prompt, self._user_text(instruction))
+                if k:        # later turns continue after the previous <|eot_id|>: no BOS, no system
+                    prompt = prompt[prompt.index("<|start_header_id|>user"):]
+                out.append((prompt, "" if response is None else response + eot))
+            return out
+        return self._template_pieces(turns)
+
+    def _template_pieces(self, turns) -> list[tuple[str, str]]:
+        """Pieces from the tokenizer's chat template: each is what one more message adds to the
+        rendering, which must extend the previous one (checked)."""
+        msgs = [{"role": "system", "content": self.system_prompt}]
+        out, done = [], ""
+        for instruction, response in turns:
+            msgs.append({"role": "user", "content": self._user_text(instruction)})
+            prompt = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            if not prompt.startswith(done):
+                raise PromptError("the tokenizer's chat template renders earlier turns differently once "
+                                  "a turn is added; cannot split the conversation into turns")
+            if response is None:
+                out.append((prompt[len(done):], ""))
+                continue
+            msgs.append({"role": "assistant", "content": response})
+            full = self.tokenizer.apply_chat_template(msgs, tokenize=False)
+            if not full.startswith(prompt):
+                raise PromptError("the tokenizer's chat template renders the answer turn differently "
+                                  "from its generation prompt; cannot locate the response span")
+            out.append((prompt[len(done):], full[len(prompt):]))
+            done = full
+        return out
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False, verbose=False).input_ids if text else []
@@ -128,27 +153,62 @@ class PromptBuilder:
                 f"{self.model_max_length} and no response token would remain")
 
     # -- ids and labels ------------------------------------------------------------------------
+    def tokenize_dialogue(self, turns: list[tuple[str | None, str | None]]) -> list[tuple[list[int], list[int], int]]:
+        """Per turn: (prompt ids with one SPEECH_TOKEN_INDEX, answer ids, how many answer ids are
+        supervised). No length limit is applied here."""
+        out = []
+        for k, (prompt, answer) in enumerate(self.dialogue_pieces(turns)):
+            if prompt.count(SPEECH_PLACEHOLDER) != 1:
+                raise PromptError(f"turn {k + 1}: the rendered prompt holds {prompt.count(SPEECH_PLACEHOLDER)} "
+                                  f"{SPEECH_PLACEHOLDER} placeholders; exactly one is needed "
+                                  "(check system prompt and instruction)")
+            before, after = prompt.split(SPEECH_PLACEHOLDER)
+            prompt_ids = self._prompt_ids(before) + [SPEECH_TOKEN_INDEX] + self._prompt_ids(after)
+            answer_ids, n_sup = self._answer_ids(answer, turns[k][1]) if answer else ([], 0)
+            out.append((prompt_ids, answer_ids, n_sup))
+        return out
+
     def build(self, response_text: str | None = None, instruction: str | None = None,
               speech_positions: int = 1) -> dict:
         """input_ids with one SPEECH_TOKEN_INDEX, labels masked to the answer; see module doc."""
-        prompt, answer = self.render(response_text, instruction)
-        if prompt.count(SPEECH_PLACEHOLDER) != 1:
-            raise PromptError(f"the rendered prompt holds {prompt.count(SPEECH_PLACEHOLDER)} "
-                              f"{SPEECH_PLACEHOLDER} placeholders; exactly one is needed "
-                              "(check system prompt and instruction)")
-        before, after = prompt.split(SPEECH_PLACEHOLDER)
-        prompt_ids = self._prompt_ids(before) + [SPEECH_TOKEN_INDEX] + self._prompt_ids(after)
-        answer_ids, n_sup = self._answer_ids(answer, response_text) if answer else ([], 0)
+        return self.build_dialogue([(instruction, response_text)], [speech_positions])
 
+    def build_dialogue(self, turns: list[tuple[str | None, str | None]], speech_positions: list[int],
+                       supervise: str = "all") -> dict:
+        """A whole conversation: one SPEECH_TOKEN_INDEX per turn, labels on every answer and its
+        end-of-turn token (supervise="last": the last kept answer only). Too long for
+        model_max_length: whole trailing turns are dropped (`dropped_turns`); when not even the
+        first turn fits, its answer is cut as a single-turn sample's is (`truncated`)."""
+        if supervise not in ("all", "last"):
+            raise ValueError(f"supervise={supervise!r}: allowed 'all' or 'last'")
+        parts = self.tokenize_dialogue(turns)
+        kept = self._turns_that_fit(parts, speech_positions)
         truncated = False
-        err = self.fit_error(len(prompt_ids), len(answer_ids), speech_positions)
-        if err:
-            raise PromptTooLong(err)
-        keep = min(len(answer_ids), self.answer_room(len(prompt_ids), speech_positions))
-        if keep < len(answer_ids):
+        if kept == 0:
+            prompt_ids, answer_ids, n_sup = parts[0]
+            err = self.fit_error(len(prompt_ids), len(answer_ids), speech_positions[0])
+            if err:
+                raise PromptTooLong(err)
+            keep = min(len(answer_ids), self.answer_room(len(prompt_ids), speech_positions[0]))
             truncated = keep < n_sup
-            answer_ids, n_sup = answer_ids[:keep], min(n_sup, keep)
-        labels = [IGNORE_INDEX] * len(prompt_ids) + answer_ids[:n_sup] + \
-            [IGNORE_INDEX] * (len(answer_ids) - n_sup)
-        return {"input_ids": prompt_ids + answer_ids, "labels": labels, "truncated": truncated,
-                "n_prompt": len(prompt_ids), "n_response": n_sup}
+            parts, kept = [(prompt_ids, answer_ids[:keep], min(n_sup, keep))], 1
+        ids, labels = [], []
+        for k, (prompt_ids, answer_ids, n_sup) in enumerate(parts[:kept]):
+            if supervise == "last" and k < kept - 1:
+                n_sup = 0
+            ids += prompt_ids + answer_ids
+            labels += [IGNORE_INDEX] * len(prompt_ids) + answer_ids[:n_sup] + [IGNORE_INDEX] * (len(answer_ids) - n_sup)
+        return {"input_ids": ids, "labels": labels, "truncated": truncated, "n_prompt": len(parts[0][0]),
+                "n_response": sum(1 for v in labels if v != IGNORE_INDEX), "n_turns": kept,
+                "dropped_turns": len(turns) - kept}
+
+    def _turns_that_fit(self, parts, speech_positions: list[int]) -> int:
+        """How many leading turns fit model_max_length whole (speech expanded)."""
+        if self.model_max_length is None:
+            return len(parts)
+        used = 0
+        for k, (prompt_ids, answer_ids, _) in enumerate(parts):
+            used += len(prompt_ids) + speech_positions[k] - 1 + len(answer_ids)
+            if used > self.model_max_length:
+                return k
+        return len(parts)

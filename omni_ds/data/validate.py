@@ -1,8 +1,11 @@
 """The validation pass: every record checked, each bad one reported with its id and reason.
 
-Checks: instruction audio exists and decodes, its sample rate and duration are within limits,
-the response text is non-empty, units (when present; required in stage 2) lie in 0..999, and,
-given a PromptBuilder, the prompt + response fit model_max_length.
+Checks, for every turn of a record (a single-turn record has one; a dialogue one per question
+and answer, named "turn k" in the reasons): the dialogue's structure (record_forms' `problem`),
+instruction audio exists and decodes, its sample rate and duration are within limits, the answer
+text is non-empty, units (when present; required in stage 2) lie in 0..unit_vocab_size-1, and,
+given a PromptBuilder, the conversation fits model_max_length: whole trailing turns are dropped
+(counted) and a first turn that does not fit has its answer cut (counted), as the dataset does.
 
 The expensive part (decoding audio, tokenising text) is cached next to the manifest as an index
 (`.omni_ds_cache/<manifest>.<fingerprint>.*.npz`), keyed by the manifest's content hash and, for
@@ -30,7 +33,8 @@ from omni_ds.data.audio import speech_positions
 from omni_ds.data.manifest import Manifest, cache_dir_for
 
 POLICIES = ("skip", "error")
-_INDEX_VERSION = "2"
+UNIT_SOURCES = ("km1000", "dataset")
+_INDEX_VERSION = "3"
 
 
 class DataError(ValueError):
@@ -53,6 +57,9 @@ class ValidationConfig:
     speech_ds_rate: int = 5
     num_workers: int = 0                  # processes for the first (uncached) audio probe
     on_bad: str = "skip"
+    supervise: str = "all"                # dialogue labels: every answer, or the last kept one
+    unit_source: str = "km1000"           # "km1000": `units`; "dataset": the record's own unit string
+    unit_vocab_size: int = UNIT_VOCAB_SIZE
 
     def __post_init__(self):
         if self.stage not in (1, 2):
@@ -61,6 +68,14 @@ class ValidationConfig:
             raise ValueError(f"on_bad {self.on_bad!r}: allowed {POLICIES}")
         if self.mel_mode not in ("padded", "trimmed"):
             raise ValueError(f"mel_mode {self.mel_mode!r}: allowed 'padded' or 'trimmed'")
+        if self.supervise not in ("all", "last") or self.unit_source not in UNIT_SOURCES:
+            raise ValueError(f"supervise {self.supervise!r} / unit_source {self.unit_source!r}: allowed "
+                             f"'all' or 'last' / {UNIT_SOURCES}")
+
+
+def turn_units(turn: dict, source: str) -> list[int] | None:
+    """The units a turn trains the decoder on: km1000 `units`, or the data set's own (parsed)."""
+    return turn["dataset_units"] if source == "dataset" else turn["units"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +97,8 @@ class ValidationReport:
     lengths: np.ndarray             # per record, estimated LLM positions (for batching)
     from_cache: dict = field(default_factory=dict)
     truncated: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # good, answer cut
+    dropped_turns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per record
+    n_turns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))        # per record
 
     @property
     def ok(self) -> bool:
@@ -92,10 +109,13 @@ class ValidationReport:
         for b in self.bad:
             kinds[b.reason.split(":")[0]] = kinds.get(b.reason.split(":")[0], 0) + 1
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items()))
+        dropped = self.dropped_turns[self.good] if len(self.dropped_turns) else np.zeros(0, np.int64)
         return (f"{self.n_records} records, {len(self.good)} good, {len(self.bad)} bad"
                 + (f" ({detail})" if detail else "")
                 + (f"; {len(self.truncated)} good record(s) will have their response truncated "
-                   "to model_max_length" if len(self.truncated) else ""))
+                   "to model_max_length" if len(self.truncated) else "")
+                + (f"; {int((dropped > 0).sum())} good dialogue(s) lose {int(dropped.sum())} trailing "
+                   "turn(s) to model_max_length" if dropped.any() else ""))
 
 
 # -- audio probe (cached) --------------------------------------------------------------------
@@ -138,10 +158,33 @@ def _probe_many(paths: list, full_decode: bool, workers: int):
     return samples, rates, errors
 
 
-def _units_stats(manifest: Manifest):
-    """Per record: number of units, min and max (vectorised over the Arrow list column)."""
+class Turns:
+    """A manifest's turns flattened (record r owns turns offsets[r]:offsets[r + 1]), as Arrow
+    columns: per-turn checks run vectorised over all of them at once."""
+
+    def __init__(self, manifest: Manifest):
+        col = manifest.arrow_column("turns").combine_chunks()
+        self.offsets = np.asarray(col.offsets.to_numpy(zero_copy_only=False), np.int64)
+        self.flat = col.flatten()
+        self.n = len(self.flat)
+        self.record = np.repeat(np.arange(len(manifest)), np.diff(self.offsets))   # record of each turn
+        self.number = np.arange(self.n) - self.offsets[self.record] + 1            # 1-based within it
+        self.single = np.diff(self.offsets)[self.record] == 1
+
+    def field(self, name: str):
+        return self.flat.field(name)
+
+    def column(self, name: str) -> list:
+        return self.field(name).to_pylist()
+
+    def where(self, t: int) -> str:
+        """'' for a single-turn record, ' (turn k)' for a dialogue's turn, for the reasons."""
+        return "" if self.single[t] else f" (turn {self.number[t]})"
+
+
+def _units_stats(col):
+    """Per turn: number of units, min and max (vectorised over the Arrow list column)."""
     import pyarrow.compute as pc
-    col = manifest.arrow_column("units").combine_chunks()
     n = len(col)
     has = np.asarray(col.is_valid().to_numpy(zero_copy_only=False), bool)
     counts = np.asarray(pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False), np.int64)
@@ -168,25 +211,31 @@ def _errors_to_arrays(errors: dict[int, str]):
     return idx, np.array([errors[i] for i in idx], dtype=str) if len(idx) else np.zeros(0, "<U1")
 
 
-def audio_index(manifest: Manifest, cfg: ValidationConfig) -> tuple[dict, bool]:
-    """Durations, sample rates, decode errors and unit statistics; cached per manifest content."""
-    variant = f"{int(cfg.full_decode)}{int(cfg.check_response_audio)}"
+def _load_index(path, error_keys: dict[str, str]) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        d = {k: z[k] for k in z.files}
+    for name, prefix in error_keys.items():
+        d[name] = dict(zip(d.pop(f"{prefix}_idx").tolist(), d.pop(f"{prefix}_msg").tolist()))
+    return d
+
+
+def audio_index(manifest: Manifest, cfg: ValidationConfig, turns: Turns) -> tuple[dict, bool]:
+    """Per turn: durations, sample rates, decode errors and unit statistics; cached per content."""
+    variant = f"{int(cfg.full_decode)}{int(cfg.check_response_audio)}{cfg.unit_source}"
     path = cache_dir_for(manifest.path) / (
         f"{manifest.path.name}.{manifest.fingerprint}.audio-v{_INDEX_VERSION}-{variant}.npz")
     if path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            d = {k: z[k] for k in z.files}
-        d["errors"] = dict(zip(d.pop("err_idx").tolist(), d.pop("err_msg").tolist()))
-        d["resp_errors"] = dict(zip(d.pop("rerr_idx").tolist(), d.pop("rerr_msg").tolist()))
-        return d, True
-    samples, rates, errors = _probe_many(manifest.column("speech_path"), cfg.full_decode, cfg.num_workers)
+        return _load_index(path, {"errors": "err", "resp_errors": "rerr"}), True
+    samples, rates, errors = _probe_many(turns.column("speech_path"), cfg.full_decode, cfg.num_workers)
     if cfg.check_response_audio:
-        rsamples, _, rerrors = _probe_many(manifest.column("response_path"), cfg.full_decode, cfg.num_workers)
+        rsamples, _, rerrors = _probe_many(turns.column("response_path"), cfg.full_decode, cfg.num_workers)
     else:
-        rsamples, rerrors = np.full(len(manifest), -1, np.int64), {}
-    has_units, n_units, units_lo, units_hi = _units_stats(manifest)
+        rsamples, rerrors = np.full(turns.n, -1, np.int64), {}
+    has_units, n_units, units_lo, units_hi = _units_stats(
+        turns.field("dataset_units" if cfg.unit_source == "dataset" else "units"))
+    _, n_ds, _, ds_hi = _units_stats(turns.field("dataset_units"))
     d = dict(instr_samples=samples, instr_sr=rates, resp_samples=rsamples, has_units=has_units,
-             n_units=n_units, units_lo=units_lo, units_hi=units_hi)
+             n_units=n_units, units_lo=units_lo, units_hi=units_hi, dataset_units_hi=np.where(n_ds > 0, ds_hi, -1))
     ei, em = _errors_to_arrays(errors)
     ri, rm = _errors_to_arrays(rerrors)
     _save_npz(path, **d, err_idx=ei, err_msg=em, rerr_idx=ri, rerr_msg=rm)
@@ -205,58 +254,71 @@ def tokenizer_fingerprint(builder) -> str:
     return h.hexdigest()[:16]
 
 
-def token_index(manifest: Manifest, builder) -> tuple[dict, bool]:
-    """Prompt and answer token counts per record (no length limit applied here)."""
-    from omni_ds.data.prompt import PromptError
+def token_index(manifest: Manifest, builder, turns: Turns) -> tuple[dict, bool]:
+    """Per turn: prompt ids (placeholder counted once) and answer ids, no length limit applied;
+    errors per record."""
     path = cache_dir_for(manifest.path) / (
         f"{manifest.path.name}.{manifest.fingerprint}.tokens-v{_INDEX_VERSION}-"
         f"{tokenizer_fingerprint(builder)}.npz")
     if path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            d = {k: z[k] for k in z.files}
-        d["errors"] = dict(zip(d.pop("err_idx").tolist(), d.pop("err_msg").tolist()))
-        return d, True
-    n = len(manifest)
-    n_prompt = np.full(n, -1, np.int32)
-    n_answer = np.full(n, -1, np.int32)
+        return _load_index(path, {"errors": "err"}), True
+    n_prompt = np.full(turns.n, -1, np.int32)
+    n_answer = np.full(turns.n, -1, np.int32)
     errors: dict[int, str] = {}
-    responses = manifest.column("response_text")
-    instructions = manifest.column("prompt_instruction")
-    limit, builder.model_max_length = builder.model_max_length, None   # count, do not truncate
-    try:
-        todo = [i for i in range(n) if responses[i].strip()]
-        if builder.template == "llama3":
-            # Fast path, same ids as build(): the answer is tokenised on its own (response +
-            # <|eot_id|>), batched in Rust; the prompt depends only on the instruction (memoised).
-            for start in range(0, len(todo), 8192):
-                chunk = todo[start:start + 8192]
-                answers = [builder.render(responses[i], instructions[i])[1] for i in chunk]
-                enc = builder.tokenizer(answers, add_special_tokens=False, verbose=False).input_ids
-                for i, ids in zip(chunk, enc):
-                    n_answer[i] = len(ids)
-            for i in todo:
-                try:
-                    n_prompt[i] = builder.build(None, instructions[i])["n_prompt"]
-                except PromptError as e:
-                    errors[i] = f"prompt: {e}"
-        else:
-            for i in todo:
-                try:
-                    out = builder.build(responses[i], instructions[i])
-                except PromptError as e:
-                    errors[i] = f"prompt: {e}"
-                    continue
-                n_prompt[i], n_answer[i] = out["n_prompt"], len(out["input_ids"]) - out["n_prompt"]
-    finally:
-        builder.model_max_length = limit
+    count = _count_llama3 if builder.template == "llama3" else _count_by_template
+    count(builder, turns, n_prompt, n_answer, errors)
     ei, em = _errors_to_arrays(errors)
     _save_npz(path, n_prompt=n_prompt, n_answer=n_answer, err_idx=ei, err_msg=em)
     return dict(n_prompt=n_prompt, n_answer=n_answer, errors=errors), False
 
 
+def _count_llama3(builder, turns: Turns, n_prompt, n_answer, errors) -> None:
+    """Fast path, same ids as build_dialogue(): each answer is tokenised on its own (response +
+    <|eot_id|>), batched in Rust; a turn's prompt depends only on its instruction and on whether
+    it opens the dialogue (memoised)."""
+    from omni_ds.data.prompt import PromptError
+    responses, instructions = turns.column("response_text"), turns.column("prompt_instruction")
+    todo = [t for t in range(turns.n) if responses[t].strip()]
+    for start in range(0, len(todo), 8192):
+        chunk = todo[start:start + 8192]
+        answers = [builder.render(responses[t], instructions[t])[1] for t in chunk]
+        for t, ids in zip(chunk, builder.tokenizer(answers, add_special_tokens=False, verbose=False).input_ids):
+            n_answer[t] = len(ids)
+    memo: dict = {}
+    for t in range(turns.n):
+        key = (turns.number[t] == 1, instructions[t])
+        if key not in memo:
+            opening = [] if key[0] else [(None, "")]       # a later turn's prompt follows an answer
+            try:
+                memo[key] = len(builder.tokenize_dialogue(opening + [(instructions[t], None)])[-1][0])
+            except PromptError as e:
+                memo[key] = f"prompt: {e}"
+        if isinstance(memo[key], str):
+            errors.setdefault(int(turns.record[t]), memo[key])
+        else:
+            n_prompt[t] = memo[key]
+
+
+def _count_by_template(builder, turns: Turns, n_prompt, n_answer, errors) -> None:
+    """The tokenizer's own chat template: each dialogue rendered and tokenised whole."""
+    from omni_ds.data.prompt import PromptError
+    responses, instructions = turns.column("response_text"), turns.column("prompt_instruction")
+    for r in range(len(turns.offsets) - 1):
+        lo, hi = int(turns.offsets[r]), int(turns.offsets[r + 1])
+        if lo == hi or not all(responses[t].strip() for t in range(lo, hi)):
+            continue
+        try:
+            parts = builder.tokenize_dialogue([(instructions[t], responses[t]) for t in range(lo, hi)])
+        except PromptError as e:
+            errors[r] = f"prompt: {e}"
+            continue
+        for t, (prompt_ids, answer_ids, _) in zip(range(lo, hi), parts):
+            n_prompt[t], n_answer[t] = len(prompt_ids), len(answer_ids)
+
+
 # -- the pass --------------------------------------------------------------------------------
 def record_speech_positions(instr_samples: np.ndarray, cfg: ValidationConfig) -> np.ndarray:
-    """LLM positions of each record's speech under the configured mel mode."""
+    """LLM positions of each clip's speech under the configured mel mode."""
     if cfg.mel_mode == "padded":
         return np.full(len(instr_samples), speech_positions(3000, cfg.speech_ds_rate), np.int64)
     frames = np.minimum(np.ceil(np.maximum(instr_samples, 0) / 160), 3000).astype(np.int64)
@@ -270,25 +332,47 @@ class _Reasons(dict):
         self.setdefault(int(i), why)
 
 
+@dataclass
+class _Fit:
+    """Per record, how the dialogue fits model_max_length (see module doc)."""
+    n_prompt: np.ndarray        # the first turn's prompt ids
+    n_answer: np.ndarray        # answer ids of the kept turns
+    lengths: np.ndarray         # LLM positions of the kept turns
+    dropped: np.ndarray         # trailing turns dropped
+    truncated: np.ndarray       # records whose (first) answer is cut
+
+
 def validate_manifest(manifest: Manifest, cfg: ValidationConfig | None = None, builder=None) -> ValidationReport:
     """Check every record; returns the report (raises DataError under on_bad="error")."""
     cfg = cfg or ValidationConfig()
-    audio, audio_cached = audio_index(manifest, cfg)
+    turns = Turns(manifest)
+    audio, audio_cached = audio_index(manifest, cfg, turns)
     n, reasons = len(manifest), _Reasons()
-    _check_audio(audio, cfg, reasons)
-    _check_text_and_units(manifest, audio, cfg, reasons)
+    for r, problem in enumerate(manifest.column("problem")):
+        if problem:
+            reasons.add(r, f"bad dialogue: {problem}")
+    _check_audio(audio, cfg, turns, reasons)
+    _check_text_and_units(audio, cfg, turns, reasons)
     positions = record_speech_positions(audio["instr_samples"], cfg)
-    n_prompt, n_answer = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
-    tokens_cached, truncated = None, np.zeros(0, np.int64)
-    if builder is not None:
-        n_prompt, n_answer, tokens_cached, truncated = _check_tokens(manifest, builder, positions, reasons)
+    tokens_cached = None
+    if builder is None:
+        fit = _guess_fit(n, turns, positions)
+    else:
+        tokens, tokens_cached = token_index(manifest, builder, turns)
+        for r, msg in tokens["errors"].items():
+            reasons.add(r, msg)
+        fit = _fit_dialogues(builder, turns, positions, tokens, reasons)
     ids = manifest.ids
     bad_list = [BadRecord(i, ids[i], reasons[i]) for i in sorted(reasons)]
     good = np.setdiff1d(np.arange(n), np.fromiter(reasons, np.int64, len(reasons)))
-    lengths = _planning_lengths(manifest, builder, positions, n_prompt, n_answer)
-    report = ValidationReport(n, bad_list, good, audio["instr_samples"], n_prompt, n_answer, audio["n_units"],
-                              lengths, {"audio": audio_cached, "tokens": tokens_cached},
-                              np.setdiff1d(truncated, np.array([b.index for b in bad_list], np.int64)))
+    first = np.minimum(turns.offsets[:-1], max(turns.n - 1, 0))
+    has_turns = np.diff(turns.offsets) > 0
+    report = ValidationReport(
+        n, bad_list, good, np.where(has_turns, audio["instr_samples"][first], -1) if turns.n else np.full(n, -1),
+        fit.n_prompt, fit.n_answer, np.bincount(turns.record, audio["n_units"], n).astype(np.int64), fit.lengths,
+        {"audio": audio_cached, "tokens": tokens_cached},
+        np.setdiff1d(fit.truncated, np.array([b.index for b in bad_list], np.int64)),
+        fit.dropped, np.diff(turns.offsets))
     if bad_list and cfg.on_bad == "error":
         shown = "\n".join(f"  {b.id}: {b.reason}" for b in bad_list[:50])
         more = f"\n  ... and {len(bad_list) - 50} more" if len(bad_list) > 50 else ""
@@ -296,60 +380,84 @@ def validate_manifest(manifest: Manifest, cfg: ValidationConfig | None = None, b
     return report
 
 
-def _check_audio(audio: dict, cfg: ValidationConfig, reasons: _Reasons) -> None:
+def _check_audio(audio: dict, cfg: ValidationConfig, turns: Turns, reasons: _Reasons) -> None:
+    rec = turns.record
     for which, errs in (("instruction", audio["errors"]), ("response", audio["resp_errors"])):
-        for i, msg in errs.items():
+        for t, msg in errs.items():
             kind, _, detail = msg.partition(": ")       # "missing file: /p" -> kind first
-            reasons.add(i, f"{kind}: {which} audio {detail}")
+            reasons.add(rec[t], f"{kind}: {which} audio{turns.where(t)} {detail}")
     samples, rates = audio["instr_samples"], audio["instr_sr"]
     seconds = samples / SAMPLE_RATE
     readable = samples >= 0
-    for i in np.flatnonzero(readable & (rates < cfg.min_sample_rate)):
-        reasons.add(i, f"sample rate: {rates[i]} Hz below the minimum {cfg.min_sample_rate} Hz")
-    for i in np.flatnonzero(readable & (seconds < cfg.min_seconds)):
-        reasons.add(i, f"too short: {seconds[i]:.2f} s < min_seconds {cfg.min_seconds}")
+    for t in np.flatnonzero(readable & (rates < cfg.min_sample_rate)):
+        reasons.add(rec[t], f"sample rate: {rates[t]} Hz below the minimum {cfg.min_sample_rate} Hz{turns.where(t)}")
+    for t in np.flatnonzero(readable & (seconds < cfg.min_seconds)):
+        reasons.add(rec[t], f"too short: {seconds[t]:.2f} s < min_seconds {cfg.min_seconds}{turns.where(t)}")
     if cfg.max_seconds is not None:
-        for i in np.flatnonzero(readable & (seconds > cfg.max_seconds)):
-            reasons.add(i, f"too long: {seconds[i]:.2f} s > max_seconds {cfg.max_seconds}")
+        for t in np.flatnonzero(readable & (seconds > cfg.max_seconds)):
+            reasons.add(rec[t], f"too long: {seconds[t]:.2f} s > max_seconds {cfg.max_seconds}{turns.where(t)}")
 
 
-def _check_text_and_units(manifest: Manifest, audio: dict, cfg: ValidationConfig, reasons: _Reasons) -> None:
+def _check_text_and_units(audio: dict, cfg: ValidationConfig, turns: Turns, reasons: _Reasons) -> None:
     import pyarrow.compute as pc
-    empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(manifest.arrow_column("response_text"))), 0)
-    for i in np.flatnonzero(np.asarray(empty.to_numpy(zero_copy_only=False), bool)):
-        reasons.add(i, "empty text: text_response is empty")
+    rec, top = turns.record, cfg.unit_vocab_size - 1
+    empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(turns.field("response_text"))), 0)
+    for t in np.flatnonzero(np.asarray(empty.to_numpy(zero_copy_only=False), bool)):
+        reasons.add(rec[t], "empty text: text_response is empty" if turns.single[t]
+                    else f"empty text: the answer of turn {turns.number[t]} is empty")
     has_units, n_units = audio["has_units"], audio["n_units"]
-    out_of_range = has_units & (n_units > 0) & ((audio["units_lo"] < 0) | (audio["units_hi"] >= UNIT_VOCAB_SIZE))
-    for i in np.flatnonzero(out_of_range):
-        reasons.add(i, f"units out of range: values {audio['units_lo'][i]}..{audio['units_hi'][i]} "
-                       f"outside 0..{UNIT_VOCAB_SIZE - 1}")
+    out_of_range = has_units & (n_units > 0) & ((audio["units_lo"] < 0) | (audio["units_hi"] > top))
+    for t in np.flatnonzero(out_of_range):
+        reasons.add(rec[t], f"units out of range: values {audio['units_lo'][t]}..{audio['units_hi'][t]} "
+                            f"outside 0..{top}{turns.where(t)}")
     if cfg.stage == 2:
-        for i in np.flatnonzero(~has_units | (n_units == 0)):
-            reasons.add(i, "units missing: stage 2 needs 'units' (run tools/extract_units.py)")
+        for t in np.flatnonzero(~has_units | (n_units == 0)):
+            reasons.add(rec[t], _missing_units(cfg, turns, t, int(audio["dataset_units_hi"][t])))
 
 
-def _check_tokens(manifest: Manifest, builder, positions: np.ndarray, reasons: _Reasons):
-    """(prompt tokens, answer tokens, cache info, records that fit only with their answer cut)."""
-    tokens, tokens_cached = token_index(manifest, builder)
-    n_prompt, n_answer = tokens["n_prompt"].astype(np.int64), tokens["n_answer"].astype(np.int64)
-    for i, msg in tokens["errors"].items():
-        reasons.add(i, msg)
-    truncated = np.zeros(0, np.int64)
-    if builder.model_max_length is not None:
-        room = builder.model_max_length - (n_prompt + positions - 1)
-        for i in np.flatnonzero((n_answer > 0) & (room < 1)):
-            reasons.add(i, builder.fit_error(int(n_prompt[i]), int(n_answer[i]), int(positions[i])))
-        # Fits only with its answer cut short: usable, but counted in the summary.
-        truncated = np.flatnonzero((n_answer > 0) & (room >= 1) & (room < n_answer))
-    return n_prompt, n_answer, tokens_cached, truncated
+def _missing_units(cfg: ValidationConfig, turns: Turns, t: int, dataset_hi: int) -> str:
+    if cfg.unit_source == "km1000" and dataset_hi >= 0:
+        return (f"units missing{turns.where(t)}: the record has only its own unit string (values up to "
+                f"{dataset_hi}: CosyVoice2 speech tokens, not the km1000 units the decoder predicts); run "
+                "tools/extract_units.py on the manifest for km1000 units, or train on these with "
+                "data.unit_source \"dataset\" and model.omni.unit_vocab_size 6561")
+    return f"units missing{turns.where(t)}: stage 2 needs 'units' (run tools/extract_units.py)"
 
 
-def _planning_lengths(manifest: Manifest, builder, positions, n_prompt, n_answer) -> np.ndarray:
-    """LLM positions per record (speech + text); without a tokenizer, a words-based guess."""
-    if builder is None:
-        words = np.array([len(t.split()) for t in manifest.column("response_text")], np.int64)
-        return positions + 60 + (words * 4 + 2) // 3
-    lengths = positions + np.maximum(n_prompt, 1) - 1 + np.maximum(n_answer, 0)
-    if builder.model_max_length is not None:      # truncated answers are planned as cut
-        lengths = np.minimum(lengths, builder.model_max_length)
-    return lengths
+def _fit_dialogues(builder, turns: Turns, positions: np.ndarray, tokens: dict, reasons: _Reasons) -> _Fit:
+    """Whole trailing turns dropped to fit; a first turn that does not fit has its answer cut, or
+    is a bad record when not even one answer token would remain (the dataset's rule)."""
+    n = len(turns.offsets) - 1
+    p_t, a_t = tokens["n_prompt"].astype(np.int64), tokens["n_answer"].astype(np.int64)
+    per_turn = p_t + positions - 1 + np.maximum(a_t, 0)
+    cum = np.cumsum(per_turn)
+    base = np.concatenate([[0], cum])[turns.offsets[:-1]]
+    within = cum - base[turns.record] if turns.n else cum          # positions up to each turn
+    limit = builder.model_max_length
+    fits = within <= limit if limit is not None else np.ones(turns.n, bool)
+    kept = np.bincount(turns.record[fits], minlength=n)
+    n_turns = np.diff(turns.offsets)
+    last = turns.offsets[:-1] + np.maximum(kept, 1) - 1
+    first = np.minimum(turns.offsets[:-1], max(turns.n - 1, 0))
+    lengths = np.where(n_turns > 0, within[np.minimum(last, max(turns.n - 1, 0))] if turns.n else 0, 0)
+    answers = np.bincount(turns.record[fits], np.maximum(a_t, 0)[fits], minlength=n).astype(np.int64)
+    truncated = []
+    for r in np.flatnonzero((kept == 0) & (n_turns > 0)):
+        t = first[r]
+        err = builder.fit_error(int(p_t[t]), int(a_t[t]), int(positions[t]))
+        if err:
+            reasons.add(r, err)
+            continue
+        room = builder.answer_room(int(p_t[t]), int(positions[t]))
+        lengths[r], answers[r] = limit, min(room, int(a_t[t]))       # the answer is cut short
+        truncated.append(r)
+    return _Fit(np.where(n_turns > 0, p_t[first], -1) if turns.n else np.full(n, -1), answers, lengths,
+                n_turns - np.maximum(kept, np.minimum(n_turns, 1)), np.array(truncated, np.int64))
+
+
+def _guess_fit(n: int, turns: Turns, positions: np.ndarray) -> _Fit:
+    """Without a tokenizer: planning lengths from a words-based guess (no length limit)."""
+    words = np.array([len(t.split()) for t in turns.column("response_text")], np.int64)
+    per_turn = positions + 60 + (words * 4 + 2) // 3
+    return _Fit(np.full(n, -1), np.full(n, -1), np.bincount(turns.record, per_turn, n).astype(np.int64),
+                np.zeros(n, np.int64), np.zeros(0, np.int64))

@@ -119,17 +119,15 @@ class OmniSpeechModel(nn.Module):
 
     @torch.no_grad()
     def response_hidden_states(self, input_ids, attention_mask, labels, speech_mel, speech_frames):
-        """Last-layer (post-norm) LLM states of each response, right padded: ([B, N, D], [B])."""
+        """Last-layer (post-norm) LLM states of each response, one sequence per supervised answer
+        (a dialogue row gives one per turn, in order), right padded: ([N, T, D], [N])."""
         embeds, mask, labels = self.embed_inputs(input_ids, attention_mask, labels, speech_mel, speech_frames)
         hidden = self.llm.model(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
-        if self.omni_config.ctc_hidden_source == "predicting":
-            keep = F.pad(labels[:, 1:].ne(IGNORE_INDEX), (0, 1), value=False)   # state at p predicts p+1
-        else:
-            keep = labels.ne(IGNORE_INDEX)
-        lengths = keep.sum(-1)
-        out = hidden.new_zeros(hidden.shape[0], int(lengths.max()) if lengths.numel() else 0, hidden.shape[-1])
-        for b in range(hidden.shape[0]):
-            out[b, : int(lengths[b])] = hidden[b][keep[b]]
+        spans = response_spans(labels, self.omni_config.ctc_hidden_source)
+        lengths = torch.tensor([end - start for _, start, end in spans], dtype=torch.long, device=hidden.device)
+        out = hidden.new_zeros(len(spans), int(lengths.max()) if spans else 0, hidden.shape[-1])
+        for j, (row, start, end) in enumerate(spans):
+            out[j, : end - start] = hidden[row, start:end]
         return out, lengths
 
     # ---- inference --------------------------------------------------------------------------------
@@ -167,4 +165,28 @@ class OmniSpeechModel(nn.Module):
         return result
 
 
-__all__ = ["OmniSpeechModel", "ctc_collapse", "SPEECH_TOKEN_INDEX"]
+def response_spans(labels: torch.Tensor, source: str = "predicting") -> list[tuple[int, int, int]]:
+    """(row, start, end) of the LLM states that feed the CTC decoder, one span per supervised
+    answer: "predicting" takes the state before each supervised token (c_i = M(S, Y<i)),
+    "at_token" the token's own. Answers of a dialogue are separated by unsupervised prompt tokens,
+    so each contiguous run is one turn."""
+    keep = labels.ne(IGNORE_INDEX)
+    if source == "predicting":
+        keep = F.pad(keep[:, 1:], (0, 1), value=False)          # the state at p predicts p + 1
+    spans = []
+    for row in range(keep.shape[0]):
+        where = keep[row].nonzero().flatten().tolist()
+        start = prev = None
+        for p in where:
+            if start is None:
+                start = p
+            elif p != prev + 1:
+                spans.append((row, start, prev + 1))
+                start = p
+            prev = p
+        if start is not None:
+            spans.append((row, start, prev + 1))
+    return spans
+
+
+__all__ = ["OmniSpeechModel", "ctc_collapse", "response_spans", "SPEECH_TOKEN_INDEX"]

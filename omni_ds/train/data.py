@@ -90,16 +90,26 @@ class InMemory(torch.utils.data.Dataset):
         return getattr(self.dataset, name)
 
 
-def build_dataset(path: str, tokenizer, cfg, encoder_mode: str, ds_rate: int = 5, log=print, n_mels: int = 128):
+def validation_config(cfg, omni, on_bad: str = "skip"):
+    """The validation settings of a run: its stage, the model's encoder mode, rate and unit
+    vocabulary, and the data section's duration, dialogue and unit choices (dry run and run)."""
+    from omni_ds.data.validate import ValidationConfig
+    d = cfg.data
+    return ValidationConfig(stage=cfg.stage, mel_mode=omni.encoder_mode, max_seconds=d.max_speech_seconds,
+                            speech_ds_rate=omni.speech_encoder_ds_rate, on_bad=on_bad,
+                            supervise=d.supervise_turns, unit_source=d.unit_source,
+                            unit_vocab_size=omni.unit_vocab_size)
+
+
+def build_dataset(path: str, tokenizer, cfg, omni, log=print, n_mels: int = 128):
     """Validated OmniSpeechDataset of a manifest; bad records reported by id and reason, then
     skipped (data.on_bad = "skip") or fatal ("error")."""
     from omni_ds.data.dataset import OmniSpeechDataset
     from omni_ds.data.manifest import load_manifest
-    from omni_ds.data.validate import ValidationConfig, validate_manifest
+    from omni_ds.data.validate import validate_manifest
     builder = cfg.prompt_builder(tokenizer)
-    vcfg = ValidationConfig(stage=cfg.stage, mel_mode=encoder_mode, max_seconds=cfg.data.max_speech_seconds,
-                            speech_ds_rate=ds_rate, on_bad="skip")
-    manifest = load_manifest(path)
+    vcfg = validation_config(cfg, omni)
+    manifest = load_manifest(path, cfg.data.audio_root)
     report = validate_manifest(manifest, vcfg, builder)
     for b in report.bad:
         log(f"bad record {b.id} ({path}, index {b.index}): {b.reason}")

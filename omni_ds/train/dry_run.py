@@ -153,13 +153,13 @@ class DryRun:
         """The same validation and batching the run uses (cached audio/token index)."""
         from transformers import AutoTokenizer
         from omni_ds.data.manifest import load_manifest
-        from omni_ds.data.validate import ValidationConfig, validate_manifest
+        from omni_ds.data.validate import validate_manifest
+        from omni_ds.train.data import validation_config
         cfg = self.cfg
         try:
             tok = AutoTokenizer.from_pretrained(str(cfg.model.tokenizer_path or cfg.model.init_from or cfg.model.llm_path))
             omni = effective_omni_config(cfg)           # the run's encoder mode and rate, not the defaults
-            vcfg = ValidationConfig(stage=cfg.stage, mel_mode=omni.encoder_mode, max_seconds=cfg.data.max_speech_seconds,
-                                    speech_ds_rate=omni.speech_encoder_ds_rate)
+            vcfg = validation_config(cfg, omni)
             for key in ("train_manifest", "val_manifest"):
                 path = getattr(cfg.data, key)
                 if not path:
@@ -167,7 +167,7 @@ class DryRun:
                 if not Path(path).is_file():
                     self.problems.append(f"config key 'data.{key}' = {path!r}: no such file")
                     continue
-                report = validate_manifest(load_manifest(path), vcfg, cfg.prompt_builder(tok))
+                report = validate_manifest(load_manifest(path, cfg.data.audio_root), vcfg, cfg.prompt_builder(tok))
                 self.report_manifest(key, path, report)
         except Exception as e:                      # noqa: BLE001 - report, keep validating the rest
             self.problems.append(f"data: {type(e).__name__}: {e}")

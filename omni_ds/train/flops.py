@@ -18,6 +18,8 @@ from typing import Optional
 
 import torch
 
+from omni_ds.constants import SPEECH_TOKEN_INDEX
+
 # Peak dense bf16 tensor throughput per device, TFLOPS (vendor data sheets, no sparsity).
 PEAK_TFLOPS = {
     "H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L40": 181.0, "A6000": 154.8,
@@ -57,20 +59,20 @@ class FlopsModel:
             units = batch["units"].ne(-100).sum(-1)
             dec = int(torch.maximum(n * self.upsample, units).sum())
             return {"encoder_frames": 0, "speech_positions": 0, "llm_positions": 0,
-                    "samples": int(n.shape[0]), "response_tokens": int(n.sum()), "decoder_positions": dec}
-        mel = batch["speech_mel"]
-        bsz = mel.shape[0]
+                    "samples": int(batch["sample_index"].shape[0]), "response_tokens": int(n.sum()),
+                    "decoder_positions": dec}
+        mel = batch["speech_mel"]                      # one row per speech segment
         if self.encoder_padded:
-            enc_frames = torch.full((bsz,), mel.shape[-1] // 2)
+            enc_frames = torch.full((mel.shape[0],), mel.shape[-1] // 2)
         else:
             enc_frames = (batch["speech_frames"].to(torch.long) + 1) // 2
         speech_pos = enc_frames // self.ds_rate
-        text = batch["attention_mask"].to(torch.long).sum(dim=1) - 1   # the placeholder is replaced
+        # each placeholder is replaced by its segment's positions
+        text = batch["attention_mask"].to(torch.long).sum() - batch["input_ids"].eq(SPEECH_TOKEN_INDEX).sum()
         out = {"encoder_frames": int(enc_frames.sum()), "speech_positions": int(speech_pos.sum()),
-               "llm_positions": int((text + speech_pos).sum()), "samples": int(bsz)}
+               "llm_positions": int(text + speech_pos.sum()), "samples": int(batch["input_ids"].shape[0])}
         labels = batch.get("labels")
         out["response_tokens"] = int((labels != -100).sum()) if labels is not None else 0
-        units = batch.get("units")
         out["decoder_positions"] = (self.upsample * out["response_tokens"]) if self.stage == 2 else 0
         return out
 

@@ -61,15 +61,18 @@ class StateSource:
     device: Any
     float_dtype: torch.dtype
 
-    def response_states(self, items: list[int]) -> tuple[dict, torch.Tensor, torch.Tensor]:
-        """(the collated batch, [B, N, D] response states, [B] their lengths) of these dataset items."""
+    def response_states(self, items: list[int]) -> tuple[dict, torch.Tensor, torch.Tensor, list[int]]:
+        """(the collated batch, [N, T, D] response states, [N] their lengths, [N] the batch row of
+        each) of these dataset items: one state sequence per answer (a dialogue has several)."""
+        from omni_ds.model.omni_model import response_spans
         batch = self.collate([self.dataset[i] for i in items])
         inputs = {k: (v.to(self.device).to(self.float_dtype) if v.is_floating_point() else v.to(self.device))
                   for k, v in batch.items() if torch.is_tensor(v)}
         states, lengths = self.model.response_hidden_states(
             inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
             inputs["speech_mel"], inputs["speech_frames"])
-        return batch, states, lengths
+        rows = [row for row, _, _ in response_spans(batch["labels"], self.model.omni_config.ctc_hidden_source)]
+        return batch, states, lengths, rows
 
 
 class HiddenStateCache:
@@ -135,17 +138,18 @@ class HiddenStateCache:
             for b in range(n_batches):
                 real = b < len(starts)
                 chosen = items[starts[b]:starts[b] + batch_size] if real else (items[:1] or [0])
-                batch, states, lengths = source.response_states(chosen)
+                batch, states, lengths, rows = source.response_states(chosen)
                 if not real:                  # a filler forward for ZeRO-3's collectives
                     continue
                 width = states.shape[-1]
                 for row, sample in enumerate(batch["sample_index"].tolist()):
-                    n = int(lengths[row])
-                    values = states[row, :n].to(torch_dtype).cpu()
+                    # a sample's answers back to back; the index keeps each answer's length
+                    turns = [j for j, r in enumerate(rows) if r == row]
+                    values = torch.cat([states[j, : int(lengths[j])] for j in turns]).to(torch_dtype).cpu()
                     raw = values.view(torch.uint16).numpy() if self.dtype == "bf16" else values.numpy()
                     out.write(np.ascontiguousarray(raw, dtype=np_dtype).tobytes())
-                    index[sample] = [offset, n]
-                    offset += n * width
+                    index[sample] = [offset, values.shape[0], [int(lengths[j]) for j in turns]]
+                    offset += values.shape[0] * width
                 if progress is not None:
                     progress(len(batch["sample_index"]))
         os.replace(tmp_bin, self.dir / f"{name}.bin")
@@ -167,21 +171,28 @@ class HiddenStateCache:
             binary = part.with_suffix(".bin")
             self._parts[p] = (np.memmap(binary, dtype=np_dtype, mode="r") if binary.stat().st_size
                               else np.zeros(0, dtype=np_dtype))
-            for sample, (offset, n) in info["index"].items():
-                self._index[int(sample)] = (p, offset, n)
+            for sample, (offset, n, *turns) in info["index"].items():
+                self._index[int(sample)] = (p, offset, n, turns[0] if turns else [n])
 
     def get(self, sample_index: int) -> torch.Tensor:
-        """[n_states, width] float32 states of the record at this manifest index."""
+        """[n_states, width] float32 states of the record at this manifest index (its answers
+        back to back: `turn_lengths` splits them)."""
         if self._index is None:
             self._load()
         if sample_index not in self._index:
             raise KeyError(f"hidden-state cache {self.dir} has no record with manifest index {sample_index}")
-        p, offset, n = self._index[sample_index]
+        p, offset, n, _ = self._index[sample_index]
         width = self._meta["width"]
         raw = torch.from_numpy(np.array(self._parts[p][offset: offset + n * width])).view(n, width)
         if self._meta["dtype"] == "bf16":
             raw = raw.view(torch.bfloat16)
         return raw.float()
+
+    def turn_lengths(self, sample_index: int) -> list[int]:
+        """States per answer of the record (one entry for a single-turn record)."""
+        if self._index is None:
+            self._load()
+        return list(self._index[sample_index][3])
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.dir.glob("*") if p.is_file())
@@ -201,21 +212,27 @@ class CachedStatesDataset(torch.utils.data.Dataset):
         return len(self.base)
 
     def __getitem__(self, i: int) -> dict:
-        rec = self.base.manifest[int(self.indices[i])]
-        return {"response_states": self.cache.get(int(rec["index"])),
-                "units": torch.tensor(rec["units"], dtype=torch.long), "sample_index": int(rec["index"])}
+        from omni_ds.data.validate import turn_units
+        index = int(self.indices[i])
+        states, lengths = self.cache.get(index), self.cache.turn_lengths(index)
+        turns = self.base.manifest.turns(index)[: len(lengths)]       # the answers the model kept
+        units = [torch.tensor(turn_units(t, self.base.cfg.unit_source), dtype=torch.long) for t in turns]
+        single = len(lengths) == 1
+        return {"response_states": states if single else list(torch.split(states, lengths)),
+                "units": units[0] if single else units, "sample_index": index}
 
 
 def collate_cached(items: list[dict]) -> dict:
-    """[B, N, D] states right padded with zeros, their lengths, units padded with -100."""
-    n = max(it["response_states"].shape[0] for it in items)
-    u = max(len(it["units"]) for it in items)
-    width = items[0]["response_states"].shape[1]
-    states = torch.zeros(len(items), n, width)
-    units = torch.full((len(items), u), IGNORE_INDEX, dtype=torch.long)
-    for b, it in enumerate(items):
-        states[b, : it["response_states"].shape[0]] = it["response_states"]
-        units[b, : len(it["units"])] = it["units"]
-    return {"response_states": states,
-            "response_lengths": torch.tensor([it["response_states"].shape[0] for it in items]),
+    """[N, T, D] states (one row per answer: per item, or per turn of a dialogue) right padded
+    with zeros, their lengths, units padded with -100, sample_index per item."""
+    from omni_ds.data.collator import spread
+    seqs, targets = spread(items, "response_states"), spread(items, "units")
+    n = max(x.shape[0] for x in seqs)
+    u = max(len(x) for x in targets)
+    states = torch.zeros(len(seqs), n, seqs[0].shape[1])
+    units = torch.full((len(seqs), u), IGNORE_INDEX, dtype=torch.long)
+    for b, (x, y) in enumerate(zip(seqs, targets)):
+        states[b, : x.shape[0]] = x
+        units[b, : len(y)] = y
+    return {"response_states": states, "response_lengths": torch.tensor([x.shape[0] for x in seqs]),
             "units": units, "sample_index": torch.tensor([it["sample_index"] for it in items])}

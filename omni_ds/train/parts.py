@@ -110,7 +110,7 @@ def build_data(cfg: TrainConfig, model, tokenizer, world: int, rank: int, log):
     from omni_ds.data.sampler import Batching, DistributedBatchSampler
     from omni_ds.train.data import InMemory, build_dataset
     omni = model.omni_config
-    args = (tokenizer, cfg, omni.encoder_mode, omni.speech_encoder_ds_rate, log, model.speech_encoder.config.num_mel_bins)
+    args = (tokenizer, cfg, omni, log, model.speech_encoder.config.num_mel_bins)
     train = build_dataset(cfg.data.train_manifest, *args)
     val = build_dataset(cfg.data.val_manifest, *args) if cfg.data.val_manifest else None
     if val is not None and cfg.eval.max_samples:

@@ -45,6 +45,9 @@ class DataSection:
     """The manifests, the prompt and how samples are loaded."""
     train_manifest: Optional[str] = None
     """Required: the training manifest (flat or LLaVA form, JSON or JSONL)."""
+    audio_root: Optional[str] = None
+    """Where relative audio paths of the manifests resolve; null: each manifest's own folder (the
+    released InstructS2S-200K paths are relative to its download folder)."""
     val_manifest: Optional[str] = None
     """Validation manifest (loss, and unit edit distance in stage 2); null: no validation."""
     max_speech_seconds: Optional[float] = None
@@ -59,6 +62,13 @@ class DataSection:
     """Text after <speech> in the user turn; None: omni_ds.constants.DEFAULT_INSTRUCTION."""
     model_max_length: int = 2048
     """Longest LLM sequence (tokens, the speech placeholder counted once); longer records are bad."""
+    supervise_turns: Literal["all", "last"] = "all"
+    """Dialogues in stage 1: labels on every answer and its end-of-turn token, or on the last kept
+    answer only. Stage 2 trains the decoder on every answer (one CTC sequence per turn)."""
+    unit_source: Literal["km1000", "dataset"] = "km1000"
+    """Stage 2 targets: "km1000" (the `units` tools/extract_units.py writes, LLaMA-Omni's decoder) or
+    "dataset" (the record's own `unit` strings, e.g. InstructS2S's CosyVoice2 tokens: set
+    model.omni.unit_vocab_size to their vocabulary, 6561)."""
     on_bad: Literal["skip", "error"] = "skip"
     """Bad records: "skip" (report each, count them, train on the rest) or "error" (refuse to
     train). The same policy and words as tools/validate_data.py --on-bad."""

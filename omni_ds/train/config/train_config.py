@@ -54,6 +54,8 @@ class TrainConfig:
             bad("model.init_from", None, "stage 2 starts from a LLaMA-Omni folder (stage 1's output_dir/final)")
         if d.cache_hidden_states and self.stage != 2:
             bad("data.cache_hidden_states", True, "is a stage 2 option (the LLM trains in stage 1)")
+        if self.stage == 2 and d.supervise_turns != "all":
+            bad("data.supervise_turns", d.supervise_turns, 'is a stage 1 option (stage 2 trains on every answer: "all")')
         if self.stage == 2 and m.freeze_backbone:
             bad("model.freeze_backbone", True, "is a stage 1 option (stage 2 always trains the decoder only)")
         if not d.train_manifest:
