@@ -8,7 +8,8 @@
   `speech` (a path per turn) and `unit` (CosyVoice2 tokens "<n><n>..." on gpt turns, or null).
 
 A turn is {speech_path, instruction_text, prompt_instruction, response_text, response_path, units,
-dataset_units}: the instruction audio of the human turn and the gpt answer that follows it.
+dataset_units}: the instruction audio of a human entry and the gpt answer that follows it ("turn k"
+in messages is the k-th question and answer; structure problems name the entry, `conversation[i]`).
 `units` are km1000 units (tools/extract_units.py writes them as `units` on the record or, for
 dialogues, on each gpt turn); `dataset_units` are the record's own unit string parsed (values as
 they are, e.g. 0..6560 for CosyVoice2).
@@ -128,7 +129,7 @@ def _pairs(convs, where: str, key: str, text_key: str):
     for k, role in enumerate(roles):
         want = "human" if k % 2 == 0 else "gpt"
         if role != want:
-            raise _Problem(f"turn {k + 1}: expected from={want!r} (turns alternate human, gpt, ...), "
+            raise _Problem(f"{key}[{k}]: expected from={want!r} (entries alternate human, gpt, ...), "
                            f"got {role!r}")
     if not convs or len(convs) % 2:
         raise _Problem(f"the conversation does not end with an answer ({len(convs)} turns; "
@@ -147,8 +148,8 @@ def _llava(rec: dict, where: str, root: Path, turns: list) -> None:
     for k, (human, gpt) in enumerate(pairs):
         path = human.get("speech") or (speech_list[k] if k < len(speech_list) else None)
         if not path:
-            raise _Problem(f"turn {2 * k + 1}: no speech path (a 'speech' key on the turn, or the "
-                           "record's 'speech' list with one path per human turn)")
+            raise _Problem(f"conversations[{2 * k}]: no speech path (a 'speech' key on the entry, or the "
+                           "record's 'speech' list with one path per human entry)")
         # The human turn is "<speech>\n{instruction}": keep the instruction for the prompt.
         instruction = human.get("value", "").replace(SPEECH_PLACEHOLDER, "", 1).strip()
         single = len(pairs) == 1
@@ -164,12 +165,12 @@ def _llava(rec: dict, where: str, root: Path, turns: list) -> None:
 def _released(rec: dict, where: str, root: Path, turns: list) -> None:
     for k, (human, gpt) in enumerate(_pairs(rec["conversation"], where, "conversation", "text")):
         if not human.get("speech"):
-            raise _Problem(f"turn {2 * k + 1}: the human turn has no 'speech' path")
+            raise _Problem(f"conversation[{2 * k}]: the human entry has no 'speech' path")
         unit = gpt.get("unit")
         try:
             dataset_units = None if unit is None else parse_unit_string(unit)
         except _Problem as e:
-            raise _Problem(f"turn {2 * k + 2}: {e}") from None
+            raise _Problem(f"conversation[{2 * k + 1}].unit: {e}") from None
         turns.append(_turn(
             resolve_path(root, human["speech"], where, f"conversation[{2 * k}].speech"), gpt.get("text", ""),
             instruction_text=human.get("text", ""),

@@ -99,10 +99,21 @@ class ValidationReport:
     truncated: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # good, answer cut
     dropped_turns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per record
     n_turns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))        # per record
+    cut_clips: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))      # good, a clip > 30 s
 
     @property
     def ok(self) -> bool:
         return not self.bad
+
+    def counts(self) -> dict:
+        """What the run trains on and what it cut, for the log and summary.json."""
+        good = self.good
+        dropped = self.dropped_turns[good] if len(self.dropped_turns) else np.zeros(0, np.int64)
+        return {"records": self.n_records, "good": len(good), "bad": len(self.bad),
+                "turns": int(self.n_turns[good].sum() - dropped.sum()) if len(self.n_turns) else len(good),
+                "answers_cut_to_model_max_length": len(self.truncated),
+                "dialogues_losing_turns": int((dropped > 0).sum()), "turns_dropped": int(dropped.sum()),
+                "clips_cut_to_30s": len(self.cut_clips)}
 
     def summary(self) -> str:
         kinds: dict[str, int] = {}
@@ -115,7 +126,9 @@ class ValidationReport:
                 + (f"; {len(self.truncated)} good record(s) will have their response truncated "
                    "to model_max_length" if len(self.truncated) else "")
                 + (f"; {int((dropped > 0).sum())} good dialogue(s) lose {int(dropped.sum())} trailing "
-                   "turn(s) to model_max_length" if dropped.any() else ""))
+                   "turn(s) to model_max_length" if dropped.any() else "")
+                + (f"; {len(self.cut_clips)} good record(s) have speech over 30 s, cut to its first 30 s"
+                   if len(self.cut_clips) else ""))
 
 
 # -- audio probe (cached) --------------------------------------------------------------------
@@ -372,12 +385,20 @@ def validate_manifest(manifest: Manifest, cfg: ValidationConfig | None = None, b
         fit.n_prompt, fit.n_answer, np.bincount(turns.record, audio["n_units"], n).astype(np.int64), fit.lengths,
         {"audio": audio_cached, "tokens": tokens_cached},
         np.setdiff1d(fit.truncated, np.array([b.index for b in bad_list], np.int64)),
-        fit.dropped, np.diff(turns.offsets))
+        fit.dropped, np.diff(turns.offsets), _cut_clips(audio, cfg, turns, reasons))
     if bad_list and cfg.on_bad == "error":
         shown = "\n".join(f"  {b.id}: {b.reason}" for b in bad_list[:50])
         more = f"\n  ... and {len(bad_list) - 50} more" if len(bad_list) > 50 else ""
         raise DataError(f"{manifest.path}: {len(bad_list)} bad record(s) (policy 'error'):\n{shown}{more}")
     return report
+
+
+def _cut_clips(audio: dict, cfg: ValidationConfig, turns: Turns, reasons: _Reasons) -> np.ndarray:
+    """Good records with a clip over 30 s: Whisper hears its first 30 s (max_seconds None)."""
+    if cfg.max_seconds is not None or not turns.n:
+        return np.zeros(0, np.int64)
+    long = np.unique(turns.record[audio["instr_samples"] > 30 * SAMPLE_RATE])
+    return np.setdiff1d(long, np.fromiter(reasons, np.int64, len(reasons)))
 
 
 def _check_audio(audio: dict, cfg: ValidationConfig, turns: Turns, reasons: _Reasons) -> None:

@@ -115,8 +115,7 @@ def build_dataset(path: str, tokenizer, cfg, omni, log=print, n_mels: int = 128)
         log(f"bad record {b.id} ({path}, index {b.index}): {b.reason}")
     if report.bad and cfg.data.on_bad == "error":
         raise RuntimeError(f"{path}: {len(report.bad)} bad record(s) (listed above) and data.on_bad = \"error\"")
-    if report.bad:
-        log(f"{path}: skipping {len(report.bad)} bad record(s); {report.summary()}")
+    log(f"{path}: {report.summary()}" + (" (bad records skipped)" if report.bad else ""))
     return OmniSpeechDataset(manifest, builder, vcfg, n_mels=n_mels, report=report)
 
 

@@ -228,6 +228,13 @@ def memory_check(cfg: TrainConfig, ds: dict, rank: int, world: int, micro: int, 
     return check
 
 
+def _report_of(dataset):
+    """The validation report behind a (possibly wrapped: RAM cache, hidden-state cache) dataset."""
+    while dataset is not None and not hasattr(dataset, "report"):
+        dataset = getattr(dataset, "base", None) or getattr(dataset, "dataset", None)
+    return getattr(dataset, "report", None)
+
+
 def describe_run(t) -> dict:
     """The run's facts for summary.json and the log (a Trainer after its parts are built)."""
     from omni_ds.train.param_groups import count_params, module_of, optimizer_parameter_names
@@ -248,6 +255,8 @@ def describe_run(t) -> dict:
             "param_dtypes": {part: sorted(d) for part, d in parameter_dtypes(t.engine.module).items()},
             "resumed_from": str(t.resumed_from) if t.resumed_from is not None else None,
             "memory_check_fits": t.memory_check_fits}     # None: no device memory known (rank 0 only)
+    info["data"] = {name: _report_of(d).counts() for name, d in (("train", t.train_set), ("val", t.val_set))
+                    if d is not None and _report_of(d) is not None}
     if t.cache_info is not None:
         info["hidden_cache"] = t.cache_info
     t.log(f"world {t.world}, micro {t.micro} x GAS {t.gas} = global batch {t.global_batch}; "
