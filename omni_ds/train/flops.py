@@ -18,8 +18,6 @@ from typing import Optional
 
 import torch
 
-from omni_ds.constants import SPEECH_TOKEN_INDEX
-
 # Peak dense bf16 tensor throughput per device, TFLOPS (vendor data sheets, no sparsity).
 PEAK_TFLOPS = {
     "H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L40": 181.0, "A6000": 154.8,
@@ -67,10 +65,10 @@ class FlopsModel:
         else:
             enc_frames = (batch["speech_frames"].to(torch.long) + 1) // 2
         speech_pos = enc_frames // self.ds_rate
-        # each placeholder is replaced by its segment's positions
-        text = batch["attention_mask"].to(torch.long).sum() - batch["input_ids"].eq(SPEECH_TOKEN_INDEX).sum()
+        # one placeholder per segment, each replaced by its segment's positions
+        text = batch["attention_mask"].to(torch.long).sum() - mel.shape[0]
         out = {"encoder_frames": int(enc_frames.sum()), "speech_positions": int(speech_pos.sum()),
-               "llm_positions": int(text + speech_pos.sum()), "samples": int(batch["input_ids"].shape[0])}
+               "llm_positions": int(text + speech_pos.sum()), "samples": int(batch["attention_mask"].shape[0])}
         labels = batch.get("labels")
         out["response_tokens"] = int((labels != -100).sum()) if labels is not None else 0
         out["decoder_positions"] = (self.upsample * out["response_tokens"]) if self.stage == 2 else 0
