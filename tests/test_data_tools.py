@@ -67,3 +67,8 @@ def test_make_demo_data_is_valid_and_deterministic(tmp_path):
     r = _run("tools/validate_data.py", tmp_path / "a/train.jsonl", "--check-response-audio",
              "--max-seconds", "30")
     assert r.returncode == 0, r.stdout
+    dialogues = json.loads((tmp_path / "a/multiturn/instruct_demo.json").read_text())
+    assert sum(len(d["conversation"]) // 2 for d in dialogues) == len(train)
+    assert {len(d["conversation"]) // 2 for d in dialogues} == {1, 2, 3}       # as the released set mixes
+    r = _run("tools/validate_data.py", tmp_path / "a/multiturn/instruct_demo.json", "--check-response-audio")
+    assert r.returncode == 0 and "0 bad" in r.stdout, r.stdout

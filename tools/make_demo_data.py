@@ -13,6 +13,10 @@ Writes, deterministically:
   DIR/models/kmeans.bin         joblib scikit-learn k-means fitted on its layer-11 features
   DIR/stage1.json, DIR/stage2.json   ready training configs for these files
                                 of the response audio
+  DIR/multiturn/instruct_demo.json  the same clips as 2- and 3-turn dialogues in the layout
+                                InstructS2S-200K is released in (conversation / text / speech /
+                                unit, wavs under data/multiturn_instruction/en/wav/), and
+                                DIR/stage1_multiturn.json to train stage 1 on them
 
 Speech synthesis uses the eSpeak NG library bundled in the `espeakng-loader` wheel (PyPI, no
 system packages), driven through ctypes; its output is deterministic. The transcripts given to
@@ -157,10 +161,32 @@ def build(out: Path, real_dir: Path = REAL_DIR, with_models: bool = True) -> dic
         with open(out / f"{split}.jsonl", "w") as f:
             for r in recs:
                 f.write(json.dumps(r) + "\n")
+    write_multiturn(out, rows["train"])
     if with_models:
         write_models(out, responses)
         write_configs(out)
     return {k: len(v) for k, v in rows.items()}
+
+
+def write_multiturn(out: Path, records: list[dict]) -> Path:
+    """The training records chained into dialogues of 3, 2, 3, 2, ... turns (the rest: one), released layout."""
+    root, dialogues, k = out / "multiturn", [], 0
+    while k < len(records):
+        did = f"instruct_demo_{len(dialogues)}"
+        wav = Path("data/multiturn_instruction/en/wav") / did
+        (root / wav).mkdir(parents=True, exist_ok=True)
+        conv = []
+        for turn, rec in enumerate(records[k:k + (3 if len(dialogues) % 2 == 0 else 2)], 1):
+            user, assistant = wav / f"{did}-{turn}-user.wav", wav / f"{did}-{turn}-assistant.wav"
+            shutil.copyfile(out / rec["speech_instruction_path"], root / user)
+            shutil.copyfile(out / rec["speech_response_path"], root / assistant)
+            conv += [{"from": "human", "text": rec["text_instruction"], "speech": str(user), "unit": None},
+                     {"from": "gpt", "text": rec["text_response"], "speech": str(assistant), "unit": None}]
+        k += len(conv) // 2
+        dialogues.append({"id": did, "conversation": conv})
+    path = root / "instruct_demo.json"
+    path.write_text(json.dumps(dialogues, indent=1) + "\n")
+    return path
 
 
 def write_configs(out: Path) -> None:
@@ -168,6 +194,11 @@ def write_configs(out: Path) -> None:
     from omni_ds.train.demo import demo_stage1_config, demo_stage2_config
     (out / "stage1.json").write_text(json.dumps(demo_stage1_config(out), indent=1) + "\n")
     (out / "stage2.json").write_text(json.dumps(demo_stage2_config(out), indent=1) + "\n")
+    multiturn = demo_stage1_config(out, **{"data.train_manifest": str(out.resolve() / "multiturn" / "instruct_demo.json"),
+                                           "data.val_manifest": None, "output_dir": str(out.resolve() / "runs" / "stage1_multiturn")})
+    multiturn["_comment"] = ("stage 1 on the demo's dialogues (released InstructS2S layout): "
+                             "deepspeed --num_gpus 2 launch/stage1.py --config DIR/stage1_multiturn.json --ds ds_configs/zero2.json")
+    (out / "stage1_multiturn.json").write_text(json.dumps(multiturn, indent=1) + "\n")
 
 
 def main(argv=None) -> int:

@@ -22,8 +22,13 @@ from omni_ds.data.validate import ValidationConfig, validate_manifest  # noqa: E
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("manifest", help="JSON list or JSONL manifest (flat or LLaVA-style records)")
+    p.add_argument("manifest", help="JSON list or JSONL manifest (flat, LLaVA-style or InstructS2S-200K "
+                                    "as released; single- or multi-turn)")
+    p.add_argument("--audio-root", help="where relative audio paths resolve (default: the manifest's folder)")
     p.add_argument("--stage", type=int, choices=(1, 2), default=1, help="2: units are required")
+    p.add_argument("--unit-source", choices=("km1000", "dataset"), default="km1000",
+                   help="stage 2 targets: km1000 `units`, or the records' own unit strings")
+    p.add_argument("--unit-vocab-size", type=int, default=1000, help="units must lie below this")
     p.add_argument("--tokenizer", help="LLM tokenizer folder: also check prompt + response fit "
                                        "model_max_length")
     p.add_argument("--template", choices=("llama3", "tokenizer"), default="llama3")
@@ -44,9 +49,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = ValidationConfig(stage=args.stage, mel_mode=args.mel_mode, max_seconds=args.max_seconds,
                            min_seconds=args.min_seconds, full_decode=not args.header_only,
-                           check_response_audio=args.check_response_audio, num_workers=args.workers)
+                           check_response_audio=args.check_response_audio, num_workers=args.workers,
+                           unit_source=args.unit_source, unit_vocab_size=args.unit_vocab_size)
     try:
-        manifest = load_manifest(args.manifest)
+        manifest = load_manifest(args.manifest, args.audio_root)
     except (ManifestError, FileNotFoundError) as e:
         print(f"ERROR {e}", file=sys.stderr)
         return 2
