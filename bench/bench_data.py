@@ -88,16 +88,16 @@ def bench_padding(n: int) -> None:
         if mode == "trimmed":
             print(f"    synthetic: instruction {seconds.mean():.2f} s mean (p99 {np.percentile(seconds, 99):.1f} s), "
                   f"response {words.mean():.1f} words mean (p99 {np.percentile(words, 99):.0f})")
-        rand = padding_efficiency(DistributedBatchSampler(lengths, 8, batching=Batching("random")).plan(0), lengths)
-        grouped = padding_efficiency(DistributedBatchSampler(lengths, 8, batching=Batching("length_grouped")).plan(0),
+        rand = padding_efficiency(DistributedBatchSampler(lengths, 8, batching=Batching("random")).epoch_batches(0), lengths)
+        grouped = padding_efficiency(DistributedBatchSampler(lengths, 8, batching=Batching("length_grouped")).epoch_batches(0),
                                      lengths)
         budget_s = DistributedBatchSampler(lengths, 8, batching=Batching("token_budget",
                                                                          max_tokens=8 * int(lengths.mean())))
-        plan = budget_s.plan(0)
+        plan = budget_s.epoch_batches(0)
         budget = padding_efficiency(plan, lengths)
         # LLaVA's own megabatch (world x batch x GA, no multiplier), e.g. 4 ranks x GA 4 = 128
         llava = padding_efficiency(DistributedBatchSampler(lengths, 8, world_size=4, batching=Batching(
-            "length_grouped", grad_accum=4, megabatch_mult=1)).plan(0), lengths)
+            "length_grouped", grad_accum=4, megabatch_mult=1)).epoch_batches(0), lengths)
         print(f"    {mode:7s} mode, LLaVA-size megabatch (4 ranks x 8 x GA 4 = 128): {llava:.3f}")
         print(f"    {mode:7s} mode, mean {lengths.mean():6.1f} positions: random {rand:.3f}   "
               f"length-grouped {grouped:.3f}   token-budget({8 * int(lengths.mean())}) {budget:.3f} "
