@@ -194,3 +194,29 @@ def test_the_released_layout_trains_both_stages_on_two_ranks(tmp_path):
     evals = summary["evals"][-1]
     assert evals["targets"] > 0 and 0 <= evals["unit_edit_distance"]
     assert summary["hidden_cache"]["train"]["built"]
+
+
+def test_a_users_data_error_after_start_is_one_line_from_rank_zero(tmp_path):
+    """data.on_bad = "error" with a bad dialogue, 2 ranks: exit 2, one 'error:' line, no traceback."""
+    import subprocess
+    from launcher import DEEPSPEED, free_port, launcher_env
+    from omni_ds.train.demo import demo_stage1_config, write_tiny_setup
+    from omni_ds.train.recipe import REPO
+    d = write_tiny_setup(tmp_path / "demo", n_clips=2, val_clips=1)
+    released = write_released_set(tmp_path / "instructs2s")
+    records = json.loads(released.read_text())
+    records[1]["conversation"].pop()                        # ends with a question
+    released.write_text(json.dumps(records))
+    cfg = demo_stage1_config(d, output_dir=str(tmp_path / "out"), **{
+        "data.train_manifest": str(released), "data.val_manifest": None, "data.on_bad": "error",
+        "optim.max_steps": 1, "log.report_to": []})
+    path = tmp_path / "stage1.json"
+    path.write_text(json.dumps(cfg))
+    proc = subprocess.run([DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), "launch/stage1.py",
+                           "--config", str(path), "--ds", "ds_configs/zero2.json"],
+                          cwd=REPO, env=launcher_env(), capture_output=True, text=True, timeout=600)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in text, text[-3000:]
+    errors = [line for line in text.splitlines() if "error: " in line and "instruct_s2s" not in line]
+    assert len([e for e in errors if 'data.on_bad = "error"' in e]) == 1, errors
+    assert "bad record instruct_en_1" in text and "does not end with an answer" in text

@@ -106,7 +106,7 @@ def build_dataset(path: str, tokenizer, cfg, omni, log=print, n_mels: int = 128)
     skipped (data.on_bad = "skip") or fatal ("error")."""
     from omni_ds.data.dataset import OmniSpeechDataset
     from omni_ds.data.manifest import load_manifest
-    from omni_ds.data.validate import validate_manifest
+    from omni_ds.data.validate import DataError, validate_manifest
     builder = cfg.prompt_builder(tokenizer)
     vcfg = validation_config(cfg, omni)
     manifest = load_manifest(path, cfg.data.audio_root)
@@ -114,7 +114,7 @@ def build_dataset(path: str, tokenizer, cfg, omni, log=print, n_mels: int = 128)
     for b in report.bad:
         log(f"bad record {b.id} ({path}, index {b.index}): {b.reason}")
     if report.bad and cfg.data.on_bad == "error":
-        raise RuntimeError(f"{path}: {len(report.bad)} bad record(s) (listed above) and data.on_bad = \"error\"")
+        raise DataError(f"{path}: {len(report.bad)} bad record(s) (listed above) and data.on_bad = \"error\"")
     log(f"{path}: {report.summary()}" + (" (bad records skipped)" if report.bad else ""))
     return OmniSpeechDataset(manifest, builder, vcfg, n_mels=n_mels, report=report)
 

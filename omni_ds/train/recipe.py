@@ -80,9 +80,24 @@ def run_cli(argv: list, stage: int) -> int:
             return 2
     try:
         summary = run(cfg, args.ds, args.gpu, args.gpu_memory_gib)
+    except user_errors() as e:
+        # The same data and config on every rank: each fails alike, rank 0 says it once.
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
     finally:
         release_run_lock(lock)
     return 0 if summary.get("status") == "completed" else 1
+
+
+def user_errors() -> tuple:
+    """What a user's config, data or model folder can be wrong with: a one-line message, exit 2,
+    no traceback (a bug still gives one)."""
+    from omni_ds.data.manifest import ManifestError
+    from omni_ds.data.prompt import PromptError
+    from omni_ds.data.validate import DataError
+    from omni_ds.model.whisper_dims import WhisperDimsError
+    return ConfigError, DataError, ManifestError, PromptError, WhisperDimsError, FileNotFoundError
 
 
 def shutdown_distributed() -> None:
