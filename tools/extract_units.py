@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Response audio -> mHuBERT layer-11 k-means units, added as "units" to each manifest record.
+"""Response audio -> mHuBERT layer-11 k-means units, added as "units" to every answer of the manifest:
+on the record for a single-turn record, on each gpt turn object of a dialogue (released
+InstructS2S "conversation" or multi-turn LLaVA "conversations"; the "unit" strings stay as read).
 
   python tools/extract_units.py --manifest train.jsonl --hubert mhubert_base_vp_en_es_fr_it3.pt \\
       --kmeans mhubert_base_vp_en_es_fr_it3_L11_km1000.bin --out train_units.jsonl
@@ -7,8 +9,9 @@
 Resumable: finished parts are kept in OUT.parts/ and a rerun of the same command skips them.
 Shards: --shard i/n, or automatically RANK/WORLD_SIZE under torchrun / deepspeed (one process
 per GPU); each shard writes its own parts and the last one to finish merges them into OUT.
-Writes OUT (input records + "units", manifest order), OUT.failed.jsonl (id, index, path, reason
-of every record whose audio failed; such records are not in OUT), OUT.summary.json.
+Writes OUT (input records + "units", manifest order), OUT.failed.jsonl (id, index, turn for a
+dialogue, path, reason of every turn whose audio failed, and of every record with a structure
+problem; a record with any failed turn is not in OUT), OUT.summary.json.
 
 Exit status: 0 every record got units; 1 some records failed (listed; the rest is written);
 2 bad arguments or unreadable model files.
@@ -25,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--manifest", help="input manifest (flat or LLaVA form, JSON or JSONL)")
+    ap.add_argument("--manifest", help="input manifest (flat, LLaVA or released InstructS2S form, JSON or JSONL)")
     ap.add_argument("--hubert", help="fairseq mHuBERT checkpoint (.pt)")
     ap.add_argument("--kmeans", required=True,
                     help="k-means: joblib scikit-learn .bin (needs the 'units' extra) or .npy centroids")

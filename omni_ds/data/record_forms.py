@@ -90,18 +90,45 @@ def normalise(rec, where: str, index: int, root: Path, name: str) -> dict:
         raise ManifestError(f"{where}: record must be a JSON object, got {type(rec).__name__}")
     rid = rec.get("id")
     rid = str(rid) if rid is not None else f"{name}:{index}"
-    if "conversation" in rec:
-        reader = _released
-    elif "conversations" in rec or "speech" in rec:
-        reader = _llava
-    else:
-        reader = _flat
+    reader = {"released": _released, "llava": _llava, "flat": _flat}[form_of(rec)]
     turns, problem = [], None
     try:
         reader(rec, f"{where} (id {rid})", root, turns)
     except _Problem as e:
         problem = str(e)
     return {"id": rid, "turns": turns, "problem": problem}
+
+
+def form_of(rec: dict) -> str:
+    """'released', 'llava' or 'flat': the form a raw record is read as (the keys decide)."""
+    if "conversation" in rec:
+        return "released"
+    return "llava" if "conversations" in rec or "speech" in rec else "flat"
+
+
+def unit_holders(rec: dict) -> list[dict]:
+    """The objects of a raw record that hold each turn's km1000 `units`, in turn order: where the
+    readers below look for them. The record itself for a flat or single-turn LLaVA record (unless
+    its gpt turn already holds `units`, which the reader prefers), each gpt turn object otherwise
+    (always for the released form: its reader reads units only there)."""
+    form = form_of(rec)
+    if form == "flat":
+        return [rec]
+    answers = rec["conversation" if form == "released" else "conversations"][1::2]
+    if form == "llava" and len(answers) == 1 and "units" not in answers[0]:
+        return [rec]
+    return answers
+
+
+def put_units(rec: dict, units: list[list[int]]) -> dict:
+    """`rec` (raw, as read) with `units[k]` added for turn k where it will be read back; nothing
+    else changes (the released form's own `unit` strings stay as they are)."""
+    holders = unit_holders(rec)
+    if len(holders) != len(units):
+        raise ValueError(f"{len(units)} unit lists for a record of {len(holders)} turns")
+    for holder, turn_units in zip(holders, units):
+        holder["units"] = turn_units
+    return rec
 
 
 def _flat(rec: dict, where: str, root: Path, turns: list) -> None:

@@ -1,5 +1,5 @@
 """Audio loading for unit extraction: decode + resample in DataLoader workers, batches planned
-by total audio length, every failure kept with its record index and reason."""
+by total audio length, every failure kept with its item index (the job's turn) and reason."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,7 +28,7 @@ def audio_seconds(path: str | None) -> float:
 
 
 class AudioItems(torch.utils.data.Dataset):
-    """items[k] = (record index, audio path or None); returns Item with wave or error."""
+    """items[k] = (item index, audio path or None); returns Item with wave or error."""
 
     def __init__(self, items: list[tuple[int, str | None]], sample_rate: int):
         self.items, self.rate = dict(items), sample_rate
@@ -39,7 +39,7 @@ class AudioItems(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Item:
         path = self.items[index]
         if not path:
-            return Item(index, None, "record has no response speech (speech_response_path)")
+            return Item(index, None, "no response speech (speech_response_path, or the gpt turn's speech)")
         try:
             wave = load_audio(path, self.rate)
         except Exception as err:

@@ -1,7 +1,7 @@
 """Resumable output of extract_units.py: the manifest is cut into fixed parts of `part_size`
 records; each finished part is written atomically (temporary file, then rename) as
-`part-NNNNNN.jsonl` (output rows, manifest order) beside `part-NNNNNN.meta.json` (failures,
-audio seconds, unit counts). A part exists completely or not at all, so a killed job redoes at
+`part-NNNNNN.jsonl` (output rows, manifest order) beside `part-NNNNNN.meta.json` (failures, one
+per failed turn; audio seconds and unit counts of the rows). A part exists completely or not at all, so a killed job redoes at
 most the parts it was working on, and no row is lost or written twice. Parts do not depend on
 the number of shards: shard i of n takes parts j with j % n == i, and any shard layout resumes
 any other. The merge concatenates the parts in order once all of them exist."""
@@ -64,8 +64,11 @@ def part_done(root: Path, j: int) -> bool:
     return rows.exists() and meta.exists()
 
 
-def write_part(root: Path, j: int, rows: list[dict], failures: list[dict], seconds: float) -> None:
-    counts = Counter(u for r in rows for u in r["units"])
+def write_part(root: Path, j: int, rows: list[dict], failures: list[dict], seconds: float,
+               units: list[list[int]]) -> None:
+    """`rows`: the records written; `failures`: one per failed turn; `units`: every turn's units
+    of `rows` (a dialogue's are on its turns, not on the row)."""
+    counts = Counter(u for turn in units for u in turn)
     meta = {"part": j, "ok": len(rows), "failed": failures, "seconds": seconds,
             "unit_counts": {str(k): v for k, v in sorted(counts.items())}}
     rows_path, meta_path = _paths(root, j)
@@ -85,8 +88,10 @@ def summarize(metas: list[dict]) -> dict:
     total = sum(counts.values())
     entropy = -sum(c / total * math.log2(c / total) for c in counts.values()) if total else 0.0
     failures = [f for m in metas for f in m["failed"]]
-    return {"files": sum(m["ok"] for m in metas) + len(failures),
-            "ok": sum(m["ok"] for m in metas), "failed": len(failures),
+    # Records, not turns: a dialogue with two failed turns is one record left out.
+    failed = len({f["index"] for f in failures})
+    return {"files": sum(m["ok"] for m in metas) + failed,
+            "ok": sum(m["ok"] for m in metas), "failed": failed, "failed_turns": len(failures),
             "audio_hours": sum(m["seconds"] for m in metas) / 3600, "units": total,
             "distinct_units": len(counts), "unit_entropy_bits": entropy, "failures": failures}
 
