@@ -41,9 +41,10 @@ def summarise(rows: list[dict], calibration: list[dict], settings: dict) -> dict
         "calibration": corpus_rate(calibration, "asr_word_errors", "reference_words"),
         "answer_words": distribution(r.get("answer_words") for r in ok),
     }
-    if any("judge_text_score_reply" in r for r in ok):
+    if any("judge_text_score_reply" in r or "judge_error" in r for r in ok):
         summary["judge"] = {"text": judge_summary(ok, "judge_text_score"),
-                            "speech": judge_summary(ok, "judge_speech_score")}
+                            "speech": judge_summary(ok, "judge_speech_score"),
+                            "not_judged": sum(1 for r in ok if "judge_error" in r)}
     return {**summary, **settings}
 
 
@@ -76,6 +77,9 @@ def _summary_lines(s: dict) -> list[str]:
     for key, d in s["latency"].items():
         lines.append(f"- {key}: mean {_num(d['mean'])} s, p50 {_num(d['p50'])} s, p90 {_num(d['p90'])} s (n {d['n']})")
     for kind, d in (s.get("judge") or {}).items():
+        if kind == "not_judged":
+            lines.append(f"- judge: {d} rows not judged (see their judge_error)")
+            continue
         lines.append(f"- judge ({kind}): mean {_num(d['mean'], '{:.2f}')} over {d['scored']}, "
                      f"unparseable {d['unparseable']}")
     return lines
