@@ -53,6 +53,19 @@ def _left_pad(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, t
     return out, out_mask
 
 
+def additive_mask(valid: torch.Tensor, queries: int, dtype) -> torch.Tensor:
+    """[B, 1, queries, keys] additive mask: causal, padded keys hidden. Given in 4-D, the LLM uses
+    it as it is: transformers' own mask builder costs more per decoding step than the tiny
+    demo model's forward. A padded query may see itself, so no softmax row is empty (NaN)."""
+    keys = valid.shape[1]
+    q_pos = torch.arange(keys - queries, keys, device=valid.device)[:, None]
+    k_pos = torch.arange(keys, device=valid.device)[None, :]
+    allowed = (k_pos <= q_pos)[None] & valid[:, None, :].bool()
+    allowed = allowed | (k_pos == q_pos)[None]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=valid.device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
 @torch.no_grad()
 def prefill(model, requests: list[Request]):
     """Encode speech, splice it into the prompts, run the LLM over them with a KV cache."""
@@ -63,7 +76,8 @@ def prefill(model, requests: list[Request]):
     embeds, mask, _ = model.embed_inputs(ids, ids_mask, None, mel, frames)
     embeds, mask = _left_pad(embeds, mask)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+    out = model.llm.model(inputs_embeds=embeds, attention_mask=additive_mask(mask, mask.shape[1], embeds.dtype),
+                          position_ids=positions, use_cache=True)
     return out, mask, positions
 
 
@@ -90,7 +104,8 @@ def greedy_batch(model, requests: list[Request], max_new_tokens: int,
         mask = F.pad(mask, (0, 1), value=1)
         positions = positions[:, -1:] + 1
         emb = model.llm.get_input_embeddings()(chosen[:, None])
-        out = model.llm.model(inputs_embeds=emb, attention_mask=mask, position_ids=positions,
+        out = model.llm.model(inputs_embeds=emb, attention_mask=additive_mask(mask, 1, emb.dtype),
+                              position_ids=positions,
                               past_key_values=out.past_key_values, use_cache=True)
     return [(t, torch.stack(s) if s else None) for t, s in zip(tokens, states)]
 
