@@ -9,7 +9,8 @@ The model is the demo's shape (tiny Whisper 64 wide, tiny Llama, 2x64 CTC decode
 encoder), random weights: an untrained model never says EOS, so every answer runs to
 --max-new-tokens, which is what makes the comparison fair. Instructions are the 10 real clips of
 ../shared, cycled to --samples. Timed: log-mel + encoder + LLM + CTC decoder for every sample
-(the pipeline's `generate` stage), model loading excluded; the best of --repeat runs is kept. The
+(the pipeline's `generate` stage), model loading excluded; the best of --repeat runs is kept; the
+same again for the model without its speech decoder (text only). The
 machine is shared with other jobs: the load average is printed; figures move between runs.
 """
 from __future__ import annotations
@@ -27,7 +28,8 @@ sys.path.insert(0, str(REPO))
 
 
 def build(tmp: Path, samples: int) -> tuple[Path, Path]:
-    """A stage-2-shaped tiny model folder and a manifest of `samples` real clips (cycled)."""
+    """A stage-2-shaped tiny model folder (DIR/model; DIR/model_text: the same without the speech
+    decoder, as a stage-1 folder) and a manifest of `samples` real clips (cycled)."""
     import torch
     from omni_ds.model.checkpoint import build_from_parts, save_omni_folder
     from omni_ds.tiny.models import tiny_omni_config
@@ -37,6 +39,9 @@ def build(tmp: Path, samples: int) -> tuple[Path, Path]:
     model, tok = build_from_parts(d / "models" / "whisper", d / "models" / "llm",
                                   tiny_omni_config(encoder_mode="trimmed"))
     save_omni_folder(d / "model", model, tok)
+    model.speech_generator = None
+    model.omni_config = model.omni_config.replace(with_speech_generator=False)
+    save_omni_folder(d / "model_text", model, tok)
     clips = sorted(SHARED_CLIPS.glob("*.wav"))
     rows = [{"id": f"{clips[i % len(clips)].stem}_{i}", "speech_instruction_path": str(clips[i % len(clips)]),
              "text_response": ANSWERS[i % len(ANSWERS)]} for i in range(samples)]
@@ -90,6 +95,11 @@ def main() -> int:
         eight, _ = timed_generation(model_dir, manifest, Path(tmp) / "o8", 8, args)
         print(f"generation, one at a time: {one:8.1f} samples/min")
         print(f"generation, batch 8:       {eight:8.1f} samples/min   ratio {eight / one:.2f}x (target >= 3x)")
+        text = model_dir.parent / "model_text"
+        one_t, _ = timed_generation(text, manifest, Path(tmp) / "t1", 1, args)
+        eight_t, _ = timed_generation(text, manifest, Path(tmp) / "t8", 8, args)
+        print(f"text only (stage-1 folder, no CTC decoder): {one_t:.1f} -> {eight_t:.1f} samples/min, "
+              f"ratio {eight_t / one_t:.2f}x")
         lat = first_chunk_latency(model_dir, manifest, Path(tmp) / "lat", args)
     for key, d in lat.items():
         print(f"{key} (Omega 10, batch 1): p50 {d['p50'] * 1000:.0f} ms, p90 {d['p90'] * 1000:.0f} ms (n {d['n']})")
