@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole pipeline on tiny models, on CPU, in a few minutes:
 #   demo data -> stage 1 (2 CPU ranks, ZeRO-2) -> unit extraction (tiny mHuBERT + k-means)
-#   -> stage 2 (2 CPU ranks, ZeRO-2) -> inference on a held-out clip -> a short report.
+#   -> stage 2 (2 CPU ranks, ZeRO-2) -> inference on a held-out clip
+#   -> tools/evaluate.py on the stage-1 and stage-2 folders -> a short report.
 # Usage: bash launch/quickstart.sh [DEMO_DIR]        (default: demo/ in the repository)
 # Env:   QUICKSTART_STAGE1_STEPS / QUICKSTART_STAGE2_STEPS cap the steps (CI runs a short variant),
 #        TORCH_SPEC as for tools/setup_env.sh.
@@ -40,7 +41,10 @@ first_clip() { "$PY" -c 'import json,sys; print(json.loads(open(sys.argv[1]).rea
 phase "inference (held-out clip)" "$PY" tools/infer.py --model "$DEMO/runs/stage2/final" \
     --wav "$DEMO/$(first_clip "$DEMO/val.jsonl")" --max-new-tokens 40 --json --units-out "$DEMO/answer_units.txt" \
     >"$DEMO/answer.json"
-phase "inference (training clip)" "$PY" tools/infer.py --model "$DEMO/runs/stage2/final" \
-    --wav "$DEMO/$(first_clip "$DEMO/train.jsonl")" --max-new-tokens 40 --json >"$DEMO/answer_train.json"
+EVAL=(--max-new-tokens 40 --threads 1 --quiet)   # tiny models: one thread beats several
+phase "evaluate (stage 1)" "$PY" tools/evaluate.py --model "$DEMO/runs/stage1/final" \
+    --manifest "$DEMO/train.jsonl" --out "$DEMO/eval/stage1" "${EVAL[@]}"
+phase "evaluate (stage 2)" "$PY" tools/evaluate.py --model "$DEMO/runs/stage2/final" \
+    --manifest "$DEMO/train_units.jsonl" --out "$DEMO/eval/stage2" --vocoder "$DEMO/models/vocoder" "${EVAL[@]}"
 
 "$PY" launch/quickstart_report.py "$DEMO"

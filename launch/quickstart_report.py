@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""The quickstart's closing report: losses before/after per stage, the held-out answer and its
-units, time per phase. Reads what the runs wrote under DEMO_DIR."""
+"""The quickstart's closing report: losses before/after per stage, what tools/evaluate.py measured
+on the stage-1 and stage-2 folders (DEMO_DIR/eval/stage{1,2}/report.json), the held-out answer,
+time per phase. Reads what the runs wrote under DEMO_DIR."""
 from __future__ import annotations
 
 import json
@@ -19,9 +20,23 @@ def losses(run: Path) -> tuple[float, float, dict]:
     return train[0], train[-1], summary
 
 
-def unit_edit_distance(hyp: list[int], ref: list[int]) -> float:
-    from omni_ds.train.edit_distance import levenshtein
-    return levenshtein(hyp, ref) / max(1, len(ref))
+def _fmt(x, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def evaluation_line(report_json: Path) -> str:
+    """One line of tools/evaluate.py's summary: the numbers that say whether the stage learned."""
+    s = json.loads(report_json.read_text())["summary"]
+    parts = [f"{s['evaluated']}/{s['samples']} samples ({s['failed']} failed)",
+             f"text WER {_fmt(s['text_wer']['rate'], '.1%')}"]
+    if s["unit_edit_distance"]["corpus"]["n"]:
+        parts.append(f"unit edit distance {_fmt(s['unit_edit_distance']['corpus']['rate'], '.2f')}")
+    for key, name in (("first_token_latency_s", "first token"), ("first_chunk_latency_s", "first chunk"),
+                      ("first_audio_latency_s", "first audio")):
+        d = s["latency"][key]
+        if d["n"]:
+            parts.append(f"{name} p50 {d['p50'] * 1000:.0f} ms")
+    return ", ".join(parts) + f"  ({report_json.parent}/report.md)"
 
 
 def main(demo: Path) -> int:
@@ -33,11 +48,8 @@ def main(demo: Path) -> int:
         val = "" if not evals else "; validation: " + ", ".join(
             f"{k} {v:.3f}" for k, v in evals[-1].items() if k != "step" and isinstance(v, float))
         print(f"stage {stage} ({what}): train loss {first:.3f} -> {last:.3f} over {summary['steps']} steps{val}")
-    trained = json.loads((demo / "answer_train.json").read_text())
-    seen = json.loads((demo / "train_units.jsonl").read_text().splitlines()[0])
-    distance = unit_edit_distance(trained["units"] or [], seen["units"])
-    print(f"training clip {seen['id']}: answer {trained['text']!r} (taught: {seen['text_response']!r}); "
-          f"{len(trained['units'] or [])} units, edit distance to its target units {distance:.2f}")
+    for stage, manifest in ((1, "train.jsonl"), (2, "train_units.jsonl")):
+        print(f"evaluation, stage {stage} on {manifest}: {evaluation_line(demo / 'eval' / f'stage{stage}' / 'report.json')}")
     answer = json.loads((demo / "answer.json").read_text())
     held_out = json.loads((demo / "val.jsonl").read_text().splitlines()[0])
     print(f"held-out clip {held_out['id']} (never trained on; 16 training samples teach no generalisation):")

@@ -96,32 +96,52 @@ class PromptOptions:
         return prompt
 
 
+def instruction_features(model: OmniSpeechModel, wav: str | Path) -> tuple[torch.Tensor, int]:
+    """The encoder's input for one spoken instruction: (log-mel [n_mels, T], real frames), in the
+    model's encoder mode. Raises ValueError with the validator's reason for unusable audio."""
+    problem = instruction_audio_problem(wav)
+    if problem:
+        raise ValueError(problem)
+    return log_mel(load_audio(wav), n_mels=model.speech_encoder.config.num_mel_bins,
+                   mode=model.omni_config.encoder_mode)
+
+
+def answer_text(tokenizer, token_ids: list[int]) -> str:
+    """The generated ids as the answer text (special tokens such as <|eot_id|> dropped)."""
+    return tokenizer.decode(token_ids, skip_special_tokens=True).strip()
+
+
 def answer(model: OmniSpeechModel, tokenizer, wav: str | Path, max_new_tokens: int = 256,
            prompt: PromptOptions = PromptOptions(), stream_chunk_units: Optional[int] = None,
-           on_chunk: Optional[Callable[[list[int]], None]] = None) -> dict:
+           on_chunk: Optional[Callable[[list[int]], None]] = None,
+           on_token: Optional[Callable[[int], None]] = None) -> dict:
     """{"text", "token_ids", "units"} (+ "unit_chunks" when streaming) for one WAV file.
 
     `stream_chunk_units`: emit units in chunks of at least that many while the text is generated
     (each chunk also goes to `on_chunk`); None: the units are decoded once, at the end.
+    `on_token(token_id)` is called as each token is chosen, before its units (latency probes).
     """
-    problem = instruction_audio_problem(wav)
-    if problem:
-        raise ValueError(problem)
     model.eval()
     prompt_ids = prompt.prompt_ids(tokenizer)
-    mel, frames = log_mel(load_audio(wav), n_mels=model.speech_encoder.config.num_mel_bins,
-                          mode=model.omni_config.encoder_mode)
+    mel, frames = instruction_features(model, wav)
     device = next(model.llm.parameters()).device
     dtype = next(model.speech_encoder.parameters()).dtype
     streamer = None
     if stream_chunk_units is not None and model.speech_generator is not None:
         streamer = UnitStreamer(model.speech_generator, stream_chunk_units, on_chunk)
+
+    def step(token: int, state: torch.Tensor) -> None:
+        if on_token is not None:
+            on_token(token)
+        if streamer is not None:
+            streamer.push(state)
+
     out = model.generate(mel[None].to(device, dtype), torch.tensor([frames], device=device), prompt_ids,
                          max_new_tokens=max_new_tokens, eos_token_ids=eos_token_ids(model, tokenizer),
                          with_units=streamer is None,
-                         on_token=None if streamer is None else (lambda _tok, state: streamer.push(state)))
-    result = {"text": tokenizer.decode(out["token_ids"], skip_special_tokens=True).strip(),
-              "token_ids": out["token_ids"], "units": out["units"]}
+                         on_token=None if streamer is None and on_token is None else step)
+    result = {"text": answer_text(tokenizer, out["token_ids"]), "token_ids": out["token_ids"],
+              "units": out["units"]}
     if streamer is not None:
         streamer.flush()
         result["unit_chunks"] = streamer.chunks

@@ -69,7 +69,7 @@ def substitute(cmd: str, env: Demo) -> list[str]:
              "question.wav": str(env.clip), "mhubert_base_vp_en_es_fr_it3.pt": f"{d}/models/hubert.pt",
              "mhubert_base_vp_en_es_fr_it3_L11_km1000.bin": f"{d}/models/kmeans.bin",
              "runs/stage1": str(env.out(PAPER_STAGE1)), "max_steps=50": "max_steps=2",
-             "units.txt": f"{env.root}/units.txt"}
+             "units.txt": f"{env.root}/units.txt", "OUT": f"{env.root}/evaluation"}
     after = {"--hubert": f"{d}/models/hubert.pt", "--kmeans": f"{d}/models/kmeans.bin", "--num_gpus": "2",
              "--nproc_per_node": "2", "--model": f"{env.out(PAPER_STAGE2)}/final"}
     rest = {"extract_units": ["--manifest", f"{d}/train.jsonl", "--hubert", f"{d}/models/hubert.pt", "--kmeans",

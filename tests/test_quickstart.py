@@ -1,6 +1,6 @@
 """The README's demo command, shortened: every phase of launch/quickstart.sh runs for real
 (demo data, 2-rank stage 1, unit extraction, 2-rank stage 2 with the hidden-state cache,
-inference) with few steps, and the report comes out."""
+inference, tools/evaluate.py on both stages) with few steps, and the report comes out."""
 import json
 import os
 import subprocess
@@ -21,6 +21,14 @@ def test_quickstart_short_variant(tmp_path):
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     assert "=== quickstart report ===" in run.stdout and "time per phase" in run.stdout
+    assert "evaluation, stage 1" in run.stdout and "evaluation, stage 2" in run.stdout
+    for stage in (1, 2):     # the report's evaluation comes from tools/evaluate.py's own files
+        out = demo / "eval" / f"stage{stage}"
+        report = json.loads((out / "report.json").read_text())
+        assert report["summary"]["evaluated"] == 16 and (out / "report.md").is_file() and list(out.glob("*.png"))
+    # with the demo vocoder every answer that has units is spoken (6 stage-2 steps may leave none)
+    for row in json.loads((demo / "eval" / "stage2" / "report.json").read_text())["samples"]:
+        assert bool(row.get("wav")) == bool(row.get("units")), row
     for stage in (1, 2):
         summary = json.loads((demo / "runs" / f"stage{stage}" / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["steps"] == 6

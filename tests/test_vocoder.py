@@ -8,19 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from omni_ds.tiny.vocoder import TINY_VOCODER_CONFIG as TINY_CFG
 from omni_ds.vocoder import load_vocoder
 from conftest import REPO
 
 ORACLE = Path(os.environ.get("OMNI_DS_FAIRSEQ_PYTHON", REPO / ".venv-fairseq" / "bin" / "python"))
-
-TINY_CFG = {
-    "resblock": "1", "upsample_rates": [5, 4, 4, 2, 2], "upsample_kernel_sizes": [11, 8, 8, 4, 4],
-    "upsample_initial_channel": 32, "resblock_kernel_sizes": [3, 7, 11],
-    "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]], "num_embeddings": 1000,
-    "embedding_dim": 16, "model_in_dim": 16, "code_hop_size": 320, "sampling_rate": 16000,
-    "dur_predictor_params": {"encoder_embed_dim": 16, "var_pred_hidden_dim": 16,
-                             "var_pred_kernel_size": 3, "var_pred_dropout": 0.5},
-}
 
 
 @pytest.mark.skipif(not ORACLE.exists(), reason=f"fairseq oracle venv not found at {ORACLE} "

@@ -11,6 +11,8 @@ Writes, deterministically:
   DIR/models/tokenizer, whisper, llm   omni_ds.tiny factories (random weights)
   DIR/models/hubert.pt          tiny mHuBERT-architecture checkpoint in fairseq's layout
   DIR/models/kmeans.bin         joblib scikit-learn k-means fitted on its layer-11 features
+  DIR/models/vocoder            tiny random unit HiFi-GAN (fairseq layout): lets the demo's
+                                evaluation vocode answers and time first audio (the sound is noise)
   DIR/stage1.json, DIR/stage2.json   ready training configs for these files
                                 of the response audio
   DIR/multiturn/instruct_demo.json  the same clips as 2- and 3-turn dialogues in the layout
@@ -135,6 +137,8 @@ def write_models(out: Path, response_wavs: list[Path]) -> None:
     write_tiny_llm(models / "llm", models / "tokenizer")
     hubert = write_tiny_hubert(models / "hubert.pt")
     write_tiny_kmeans(hubert, response_wavs, models / "kmeans.bin")
+    from omni_ds.tiny.vocoder import write_tiny_vocoder
+    write_tiny_vocoder(models / "vocoder")
 
 
 def build(out: Path, real_dir: Path = REAL_DIR, with_models: bool = True) -> dict:

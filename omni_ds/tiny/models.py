@@ -72,3 +72,29 @@ def tiny_omni_config(**overrides) -> OmniConfig:
     base = dict(speech_projector_hidden_size=128, ctc_decoder_config=TINY_CTC_DECODER)
     base.update(overrides)
     return OmniConfig(**base)
+
+
+def write_tiny_whisper_asr(out_dir, tokenizer_dir, seed: int = 0) -> Path:
+    """A tiny random Whisper *speech-to-text* folder (80 mel bins as tiny.en, the tiny tokenizer,
+    a generation config) that transformers' Whisper generate can run: the plumbing of ASR-based
+    metrics is tested with it; its transcripts are noise."""
+    from transformers import GenerationConfig, WhisperTokenizerFast
+    out = Path(out_dir)
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    bos, eot = tok.bos_token_id, tok.convert_tokens_to_ids("<|end_of_text|>")
+    cfg = tiny_whisper_config()
+    cfg.update({"num_mel_bins": 80, "vocab_size": len(tok), "max_target_positions": 128,
+                "decoder_start_token_id": bos, "bos_token_id": bos, "eos_token_id": eot, "pad_token_id": eot})
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(cfg)
+    # Whisper's generate reads the timestamp token even when timestamps are off: any spare id does.
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=bos, bos_token_id=bos, eos_token_id=eot, pad_token_id=eot, max_length=128,
+        is_multilingual=False, return_timestamps=False,
+        no_timestamps_token_id=tok.convert_tokens_to_ids("<|reserved_special_token_7|>"))
+    model.save_pretrained(str(out))
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(str(out))
+    WhisperTokenizerFast(tokenizer_file=str(Path(tokenizer_dir) / "tokenizer.json"), bos_token=tok.bos_token,
+                         eos_token="<|end_of_text|>", unk_token="<|end_of_text|>",
+                         pad_token="<|end_of_text|>").save_pretrained(str(out))
+    return out
