@@ -107,6 +107,8 @@ def test_read_dialogues_counts_malformed_repeated_and_unspeakable(tmp_path):
     assert got[0] == Dialogue("a", (("Q?", "A."),))
     assert [(g.id, g.rule) for g in got[1:]] == [("#1", "malformed"), ("t_2", "url"), ("#3", "malformed")]
     assert all(isinstance(g, Rejected) for g in got[1:]) and "repeats" in got[1].detail
+    seen = {"a"}                                   # an id an earlier input file took: one id, one wav folder
+    assert [g.rule for g in read_dialogues(p, "t", FilterConfig(), seen)][:2] == ["malformed", "malformed"]
 
 
 # ---- voices (no Piper: only the voices' .onnx.json is read) ---------------------------------------
@@ -268,7 +270,8 @@ def test_resume_after_the_process_group_is_killed(tmp_path):
     whole = tmp_path / "whole" / "m.json"
     assert _run(inp, whole).returncode == 0
     out = tmp_path / "killed" / "m.json"
-    proc = subprocess.Popen(_cmd(inp, out), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cmd(inp, out), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while len(_wavs(out.parent)) < 4 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)

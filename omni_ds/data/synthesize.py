@@ -103,9 +103,11 @@ def dialogue_of(rec, index: int, id_prefix: str) -> Dialogue:
     raise ValueError("neither Alpaca ('instruction', 'output') nor ShareGPT ('conversations')")
 
 
-def read_dialogues(path: Path, id_prefix: str, cfg: FilterConfig) -> Iterator[Dialogue | Rejected]:
-    """Every record of `path` as a speakable Dialogue, or Rejected with the reason."""
-    seen = set()
+def read_dialogues(path: Path, id_prefix: str, cfg: FilterConfig,
+                   seen: set | None = None) -> Iterator[Dialogue | Rejected]:
+    """Every record of `path` as a speakable Dialogue, or Rejected with the reason. `seen`: ids
+    taken already (by earlier input files: one id is one wav folder)."""
+    seen = set() if seen is None else seen
     for index, (where, rec) in enumerate(iter_json_records(Path(path))):
         try:
             d = dialogue_of(rec, index, id_prefix)
@@ -249,7 +251,7 @@ def dialogue_record(d: Dialogue) -> dict:
 
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
 
 
@@ -284,11 +286,11 @@ class SynthesisJob:
 
 
 def _read_all(job: SynthesisJob) -> tuple[list[Dialogue], list[Rejected]]:
-    kept, rejected = [], []
+    kept, rejected, seen = [], [], set()
     for i, path in enumerate(job.inputs):
         # several inputs: each file's records are numbered apart, so default ids cannot collide
         prefix = job.id_prefix if len(job.inputs) == 1 else f"{job.id_prefix}_{i}"
-        for item in read_dialogues(path, prefix, job.filter):
+        for item in read_dialogues(path, prefix, job.filter, seen):
             (kept if isinstance(item, Dialogue) else rejected).append(item)
     return kept, rejected
 
@@ -298,7 +300,9 @@ def _voices(job: SynthesisJob) -> tuple[Voice, list[Voice]]:
     if importlib.util.find_spec("piper") is None:   # say so once, not once per clip from the workers
         raise ModuleNotFoundError("piper: not installed (pip distribution piper-tts)")
     answer_model = job.answer_model or default_model()
-    answer = Voice(f"{Path(answer_model).stem}@answer", answer_model, Style(speaker_id=0 if num_speakers(answer_model) > 1 else None))
+    # a multi-speaker answer model speaks the answers with its first speaker
+    style = Style(speaker_id=0 if num_speakers(answer_model) > 1 else None)
+    answer = Voice(f"{Path(answer_model).stem}@answer", answer_model, style)
     models = list(dict.fromkeys([answer_model, *job.instruction_models]))
     return answer, instruction_voices(models, answer)
 
