@@ -91,14 +91,14 @@ class InMemory(torch.utils.data.Dataset):
 
 
 def validation_config(cfg, omni, on_bad: str = "skip"):
-    """The validation settings of a run: its stage, the model's encoder mode, rate and unit
-    vocabulary, and the data section's duration, dialogue and unit choices (dry run and run)."""
+    """The validation settings of a run: its stage, the model's encoder mode, rate, unit
+    vocabulary and CTC upsampling, and the data section's duration, dialogue and unit choices (dry run and run)."""
     from omni_ds.data.validate import ValidationConfig
     d = cfg.data
     return ValidationConfig(stage=cfg.stage, mel_mode=omni.encoder_mode, max_seconds=d.max_speech_seconds,
                             speech_ds_rate=omni.speech_encoder_ds_rate, on_bad=on_bad,
                             supervise=d.supervise_turns, unit_source=d.unit_source,
-                            unit_vocab_size=omni.unit_vocab_size)
+                            unit_vocab_size=omni.unit_vocab_size, ctc_upsample_factor=omni.ctc_upsample_factor)
 
 
 def build_dataset(path: str, tokenizer, cfg, omni, log=print, n_mels: int = 128):
