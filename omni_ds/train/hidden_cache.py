@@ -40,11 +40,15 @@ def file_fingerprint(path: Path) -> str:
     return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
 
 
+def folder_fingerprint(model_dir: Path) -> str:
+    """What identifies a model folder: its config, weight and tokenizer files (file_fingerprint each)."""
+    return "".join(f"{f.name}={file_fingerprint(f)};" for f in sorted(Path(model_dir).glob("*"))
+                   if f.suffix in (".json", ".safetensors", ".pt", ".bin") and f.is_file())
+
+
 def cache_key(model_dir: Path, manifest_path: Path, settings: dict) -> str:
     h = hashlib.sha256()
-    for f in sorted(Path(model_dir).glob("*")):
-        if f.suffix in (".json", ".safetensors", ".pt", ".bin") and f.is_file():
-            h.update(f"{f.name}={file_fingerprint(f)};".encode())
+    h.update(folder_fingerprint(model_dir).encode())
     h.update(f"manifest={file_fingerprint(Path(manifest_path))};".encode())
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()[:24]

@@ -65,6 +65,7 @@ class Trainer:
         self.collate = self._collate()
         self.stream = StepStream(self.train_set, self.sampler, self.gas, self.collate, cfg.data.num_workers)
         self.flops_model, self.peak_tflops = self._flops()
+        self.identity = self._identity()
         self.checkpointer, self.state, self.resumed_from = self._restore()
         from omni_ds.train.evaluator import make_evaluator
         self.evaluator = make_evaluator(self.engine, self.val_set, self.collate, cfg, self.rank, self.world)
@@ -115,17 +116,24 @@ class Trainer:
         source = ckpt.resolve(self.cfg.checkpoint.resume)
         if source is None:
             return ckpt, state, None
+        from omni_ds.train.resume_check import check_resume
+        # before any weights load: a refused resume costs nothing
+        for note in check_resume(ckpt.read_state(source), self.identity, self.cfg, source):
+            self.log(note)
         saved = ckpt.load(self.engine, source)
-        if saved["global_batch"] != self.global_batch or saved["num_samples"] != len(self.train_set):
-            raise RuntimeError(f"{source}: saved with global batch {saved['global_batch']} over "
-                               f"{saved['num_samples']} samples; this run has {self.global_batch} over "
-                               f"{len(self.train_set)}: the data position would not carry over")
         state.step, state.samples, state.tokens = saved["step"], saved["samples"], saved["tokens"]
         state.ctc_infeasible = saved.get("ctc_infeasible", 0)
         self.stream.epoch, self.stream.step_in_epoch = saved["data"]["epoch"], saved["data"]["step_in_epoch"]
         self.log(f"resumed from {source} at step {state.step} (epoch {self.stream.epoch}, "
                  f"step {self.stream.step_in_epoch} of {self.stream.steps_in_epoch(self.stream.epoch)})")
         return ckpt, state, source
+
+    def _identity(self) -> dict:
+        """What a resume must find unchanged (omni_ds.train.resume_check), saved with every checkpoint."""
+        from omni_ds.train.parts import base_dataset
+        from omni_ds.train.resume_check import run_identity
+        return run_identity(self.cfg, self.global_batch, len(self.train_set),
+                            base_dataset(self.train_set).manifest.digest)
 
     def _describe(self) -> dict:
         from omni_ds.train.parts import describe_run
@@ -135,7 +143,8 @@ class Trainer:
         st = self.state
         return {"step": st.step, "samples": st.samples, "tokens": st.tokens, "data": self.stream.position(),
                 "global_batch": self.global_batch, "num_samples": len(self.train_set), "loss": st.last_loss,
-                "world_size": self.world, "config": self.cfg.to_dict(), "ctc_infeasible": st.ctc_infeasible}
+                "world_size": self.world, "config": self.cfg.to_dict(), "ctc_infeasible": st.ctc_infeasible,
+                "resume_identity": self.identity}
 
     # ---- the loop ----------------------------------------------------------------------------------
     def train(self, until: Optional[int] = None) -> LoopState:
