@@ -47,13 +47,17 @@ def setup(tmp_path_factory):
             os.environ[k] = v
 
 
-def _trainer(demo, out, **overrides):
-    from omni_ds.train.trainer import Trainer
+def _config(demo, out, **overrides):
     settings = dict(output_dir=str(out), per_device_train_batch_size=2, global_batch_size=2, max_steps=4,
                     save_steps=0, report_to=[], progress_bar=False, val_manifest=None)
     raw = demo_stage1_config(demo, **dict(settings, **overrides))
     raw.pop("_comment")
-    return Trainer(build_config(raw), "ds_configs/zero2.json")
+    return build_config(raw)
+
+
+def _trainer(demo, out, **overrides):
+    from omni_ds.train.trainer import Trainer
+    return Trainer(_config(demo, out, **overrides), "ds_configs/zero2.json")
 
 
 CHANGES = dict(seed=1, global_batch_size=4)
@@ -75,6 +79,15 @@ def test_changed_seed_manifest_and_global_batch_are_refused_naming_each(setup):
     assert """checkpoint.accept_changes=["seed", "train_manifest", "global_batch"]""" in msg
     with pytest.raises(ConfigError, match=r"^[^;]*seed 0 -> 1\. Start fresh"):     # one change: named alone
         _trainer(demo, out, seed=1)
+
+
+def test_the_dry_run_says_what_the_resume_would_refuse(setup, capsys):
+    from omni_ds.train.dry_run import DryRun
+    demo, out = setup
+    ds = json.loads(open("ds_configs/zero2.json").read())
+    assert DryRun(_config(demo, out, seed=1), 1).run("ds_configs/zero2.json", ds, None, None) == 1
+    printed = capsys.readouterr().out
+    assert "ERROR " in printed and "seed 0 -> 1" in printed and "dry run: NOT READY" in printed
 
 
 def test_accepting_the_changes_resumes(setup, capsys):
