@@ -115,3 +115,33 @@ def test_token_counts_equal_built_ids(tmp_path, tok):
         out = builder.build(m[i]["response_text"], m[i]["prompt_instruction"])
         assert report.n_prompt[i] == out["n_prompt"]
         assert report.n_answer[i] == len(out["input_ids"]) - out["n_prompt"]
+
+
+def test_stage2_answers_ctc_cannot_align_are_bad_with_their_lengths(tmp_path, tok):
+    """Output frames are max(25 x states, units): a long answer of distinct units is stretched
+    and fine; repeated neighbours need a blank each, beyond what 25 x states gives."""
+    a, = copy_real(tmp_path / "audio", 1)
+    speech = f"audio/{a.name}"
+    distinct = [i % 1000 for i in range(300)]                  # no repeats: always alignable
+    repeated = [7] * 200                                        # 199 repeats
+    dialogue = {"id": "dialogue", "speech": [speech, speech], "conversations": [
+        {"from": "human", "value": "<speech>\nOne."}, {"from": "gpt", "value": "Yes.", "units": [1, 2, 3]},
+        {"from": "human", "value": "<speech>\nTwo."}, {"from": "gpt", "value": "No.", "units": repeated}]}
+    recs = [dict(flat(speech, response="Yes.", units=distinct), id="stretched"),
+            dict(flat(speech, response="Yes.", units=repeated), id="single"),
+            dict(flat(speech, response="word " * 20, units=repeated), id="enough_states"), dialogue]
+    m = load_manifest(write_jsonl(tmp_path / "m.jsonl", recs))
+    builder = PromptBuilder(tok)
+    report = validate_manifest(m, ValidationConfig(stage=2), builder)
+    got = {b.id: b.reason for b in report.bad}
+    assert set(got) == {"single", "dialogue"}, got
+    n_yes = builder.tokenize_dialogue([(None, "Yes.")])[0][2]               # supervised ids of "Yes."
+    n_no = builder.tokenize_dialogue([(None, "Yes."), (None, "No.")])[1][2]
+    assert got["single"] == (f"ctc infeasible: {n_yes} states x 25 = {25 * n_yes} frames, stretched to 200 "
+                             "< 200 units + 199 repeats")
+    assert got["dialogue"].startswith(f"ctc infeasible: turn 2: {n_no} states x 25 = {25 * n_no} frames")
+    assert "ctc infeasible: 2" in report.summary()
+    # the model's own factor decides: at 400 frames per state even one state has room for 399 blanks
+    assert validate_manifest(m, ValidationConfig(stage=2, ctc_upsample_factor=400), builder).ok
+    with pytest.raises(DataError, match="single: ctc infeasible"):
+        validate_manifest(m, ValidationConfig(stage=2, on_bad="error"), builder)

@@ -30,7 +30,10 @@ def parse_args(argv=None):
                    help="stage 2 targets: km1000 `units`, or the records' own unit strings")
     p.add_argument("--unit-vocab-size", type=int, default=1000, help="units must lie below this")
     p.add_argument("--tokenizer", help="LLM tokenizer folder: also check prompt + response fit "
-                                       "model_max_length")
+                                       "model_max_length (and, in stage 2, CTC feasibility)")
+    p.add_argument("--ctc-upsample-factor", type=int, default=25,
+                   help="the model's ctc_upsample_factor (stage 2 with --tokenizer: answers whose units "
+                        "CTC cannot align to factor x response states are bad)")
     p.add_argument("--template", choices=("llama3", "tokenizer"), default="llama3")
     p.add_argument("--model-max-length", type=int, help="default: the tokenizer's model_max_length")
     p.add_argument("--mel-mode", choices=("padded", "trimmed"), default="padded",
@@ -50,7 +53,8 @@ def main(argv=None) -> int:
     cfg = ValidationConfig(stage=args.stage, mel_mode=args.mel_mode, max_seconds=args.max_seconds,
                            min_seconds=args.min_seconds, full_decode=not args.header_only,
                            check_response_audio=args.check_response_audio, num_workers=args.workers,
-                           unit_source=args.unit_source, unit_vocab_size=args.unit_vocab_size)
+                           unit_source=args.unit_source, unit_vocab_size=args.unit_vocab_size,
+                           ctc_upsample_factor=args.ctc_upsample_factor)
     try:
         manifest = load_manifest(args.manifest, args.audio_root)
     except (ManifestError, FileNotFoundError) as e:

@@ -106,9 +106,10 @@ def _write_table(path: Path, root: Path, out: Path) -> None:
 class Manifest:
     """Sequence of normalised records, Arrow-backed (memory-mapped)."""
 
-    def __init__(self, path: Path, table, fingerprint: str):
+    def __init__(self, path: Path, table, fingerprint: str, digest: Optional[str] = None):
         self.path = path
         self.fingerprint = fingerprint        # content hash + folder; keys the validation index
+        self.digest = digest                  # sha256 of the file's bytes (a resume checks it)
         self._table = table
 
     def __len__(self) -> int:
@@ -162,10 +163,11 @@ def load_manifest(path, audio_root: Optional[str] = None) -> Manifest:
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist")
     root = Path(audio_root).resolve() if audio_root else path.parent.resolve()
-    key = hashlib.sha256(f"{_FORMAT_VERSION}|{file_digest(path)}|{root}".encode())
+    digest = file_digest(path)
+    key = hashlib.sha256(f"{_FORMAT_VERSION}|{digest}|{root}".encode())
     fingerprint = key.hexdigest()[:20]
     out = cache_dir_for(path) / f"{path.name}.{fingerprint}.v{_FORMAT_VERSION}.arrow"
     if not out.is_file():
         _write_table(path, root, out)
     table = pa.ipc.open_file(pa.memory_map(str(out))).read_all()
-    return Manifest(path, table, fingerprint)
+    return Manifest(path, table, fingerprint, digest)

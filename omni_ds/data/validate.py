@@ -6,6 +6,11 @@ instruction audio exists and decodes, its sample rate and duration are within li
 text is non-empty, units (when present; required in stage 2) lie in 0..unit_vocab_size-1, and,
 given a PromptBuilder, the conversation fits model_max_length: whole trailing turns are dropped
 (counted) and a first turn that does not fit has its answer cut (counted), as the dataset does.
+In stage 2, given a PromptBuilder, each kept answer must also be feasible for CTC under the
+model's upsampling (omni_ds.model.ctc_lengths: infeasible iff it has repeated neighbours and
+ctc_upsample_factor x its response states < units + repeats), the response states being its
+supervised answer tokens (one LLM state per supervised token, either ctc_hidden_source). Without a
+PromptBuilder the state counts are unknown and this check is not made.
 
 The expensive part (decoding audio, tokenising text) is cached next to the manifest as an index
 (`.omni_ds_cache/<manifest>.<fingerprint>.*.npz`), keyed by the manifest's content hash and, for
@@ -34,7 +39,7 @@ from omni_ds.data.manifest import Manifest, cache_dir_for
 
 POLICIES = ("skip", "error")
 UNIT_SOURCES = ("km1000", "dataset")
-_INDEX_VERSION = "3"
+_INDEX_VERSION = "4"          # 4: unit repeats per turn, supervised answer ids
 
 
 class DataError(ValueError):
@@ -60,6 +65,7 @@ class ValidationConfig:
     supervise: str = "all"                # dialogue labels: every answer, or the last kept one
     unit_source: str = "km1000"           # "km1000": `units`; "dataset": the record's own unit string
     unit_vocab_size: int = UNIT_VOCAB_SIZE
+    ctc_upsample_factor: int = 25         # the model's lambda: output frames per response state
 
     def __post_init__(self):
         if self.stage not in (1, 2):
@@ -68,6 +74,8 @@ class ValidationConfig:
             raise ValueError(f"on_bad {self.on_bad!r}: allowed {POLICIES}")
         if self.mel_mode not in ("padded", "trimmed"):
             raise ValueError(f"mel_mode {self.mel_mode!r}: allowed 'padded' or 'trimmed'")
+        if self.ctc_upsample_factor < 1:
+            raise ValueError(f"ctc_upsample_factor {self.ctc_upsample_factor!r}: must be >= 1")
         if self.supervise not in ("all", "last") or self.unit_source not in UNIT_SOURCES:
             raise ValueError(f"supervise {self.supervise!r} / unit_source {self.unit_source!r}: allowed "
                              f"'all' or 'last' / {UNIT_SOURCES}")
@@ -212,6 +220,18 @@ def _units_stats(col):
     return has, counts, lo, hi
 
 
+def _units_repeats(col) -> np.ndarray:
+    """Per turn: adjacent equal units (each needs a CTC blank between them), vectorised."""
+    import pyarrow.compute as pc
+    counts = np.asarray(pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False), np.int64)
+    if not counts.sum():
+        return np.zeros(len(col), np.int64)
+    values = np.asarray(col.flatten().to_numpy(zero_copy_only=False))
+    owner = np.repeat(np.arange(len(col)), counts)             # the turn of each value
+    pairs = (values[1:] == values[:-1]) & (owner[1:] == owner[:-1])
+    return np.bincount(owner[1:][pairs], minlength=len(col)).astype(np.int64)
+
+
 def _save_npz(path, **arrays):
     # per-process temporary name: every rank of a launch may validate the same manifest at once
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}.npz")
@@ -247,8 +267,10 @@ def audio_index(manifest: Manifest, cfg: ValidationConfig, turns: Turns) -> tupl
     has_units, n_units, units_lo, units_hi = _units_stats(
         turns.field("dataset_units" if cfg.unit_source == "dataset" else "units"))
     _, n_ds, _, ds_hi = _units_stats(turns.field("dataset_units"))
+    repeats = _units_repeats(turns.field("dataset_units" if cfg.unit_source == "dataset" else "units"))
     d = dict(instr_samples=samples, instr_sr=rates, resp_samples=rsamples, has_units=has_units,
-             n_units=n_units, units_lo=units_lo, units_hi=units_hi, dataset_units_hi=np.where(n_ds > 0, ds_hi, -1))
+             n_units=n_units, units_lo=units_lo, units_hi=units_hi, dataset_units_hi=np.where(n_ds > 0, ds_hi, -1),
+             n_repeats=repeats)
     ei, em = _errors_to_arrays(errors)
     ri, rm = _errors_to_arrays(rerrors)
     _save_npz(path, **d, err_idx=ei, err_msg=em, rerr_idx=ri, rerr_msg=rm)
@@ -268,28 +290,28 @@ def tokenizer_fingerprint(builder) -> str:
 
 
 def token_index(manifest: Manifest, builder, turns: Turns) -> tuple[dict, bool]:
-    """Per turn: prompt ids (placeholder counted once) and answer ids, no length limit applied;
-    errors per record."""
+    """Per turn: prompt ids (placeholder counted once), answer ids and how many of those are
+    supervised, no length limit applied; errors per record."""
     path = cache_dir_for(manifest.path) / (
         f"{manifest.path.name}.{manifest.fingerprint}.tokens-v{_INDEX_VERSION}-"
         f"{tokenizer_fingerprint(builder)}.npz")
     if path.is_file():
         return _load_index(path, {"errors": "err"}), True
-    n_prompt = np.full(turns.n, -1, np.int32)
-    n_answer = np.full(turns.n, -1, np.int32)
+    counts = {k: np.full(turns.n, -1, np.int32) for k in ("n_prompt", "n_answer", "n_supervised")}
     errors: dict[int, str] = {}
     count = _count_llama3 if builder.template == "llama3" else _count_by_template
-    count(builder, turns, n_prompt, n_answer, errors)
+    count(builder, turns, counts, errors)
     ei, em = _errors_to_arrays(errors)
-    _save_npz(path, n_prompt=n_prompt, n_answer=n_answer, err_idx=ei, err_msg=em)
-    return dict(n_prompt=n_prompt, n_answer=n_answer, errors=errors), False
+    _save_npz(path, **counts, err_idx=ei, err_msg=em)
+    return dict(counts, errors=errors), False
 
 
-def _count_llama3(builder, turns: Turns, n_prompt, n_answer, errors) -> None:
+def _count_llama3(builder, turns: Turns, counts: dict, errors) -> None:
     """Fast path, same ids as build_dialogue(): each answer is tokenised on its own (response +
-    <|eot_id|>), batched in Rust; a turn's prompt depends only on its instruction and on whether
-    it opens the dialogue (memoised)."""
+    <|eot_id|>, all supervised), batched in Rust; a turn's prompt depends only on its instruction
+    and on whether it opens the dialogue (memoised)."""
     from omni_ds.data.prompt import PromptError
+    n_prompt, n_answer = counts["n_prompt"], counts["n_answer"]
     responses, instructions = turns.column("response_text"), turns.column("prompt_instruction")
     todo = [t for t in range(turns.n) if responses[t].strip()]
     for start in range(0, len(todo), 8192):
@@ -297,6 +319,7 @@ def _count_llama3(builder, turns: Turns, n_prompt, n_answer, errors) -> None:
         answers = [builder.render(responses[t], instructions[t])[1] for t in chunk]
         for t, ids in zip(chunk, builder.tokenizer(answers, add_special_tokens=False, verbose=False).input_ids):
             n_answer[t] = len(ids)
+    counts["n_supervised"][:] = n_answer
     memo: dict = {}
     for t in range(turns.n):
         key = (turns.number[t] == 1, instructions[t])
@@ -312,7 +335,7 @@ def _count_llama3(builder, turns: Turns, n_prompt, n_answer, errors) -> None:
             n_prompt[t] = memo[key]
 
 
-def _count_by_template(builder, turns: Turns, n_prompt, n_answer, errors) -> None:
+def _count_by_template(builder, turns: Turns, counts: dict, errors) -> None:
     """The tokenizer's own chat template: each dialogue rendered and tokenised whole."""
     from omni_ds.data.prompt import PromptError
     responses, instructions = turns.column("response_text"), turns.column("prompt_instruction")
@@ -325,8 +348,9 @@ def _count_by_template(builder, turns: Turns, n_prompt, n_answer, errors) -> Non
         except PromptError as e:
             errors[r] = f"prompt: {e}"
             continue
-        for t, (prompt_ids, answer_ids, _) in zip(range(lo, hi), parts):
-            n_prompt[t], n_answer[t] = len(prompt_ids), len(answer_ids)
+        for t, (prompt_ids, answer_ids, n_sup) in zip(range(lo, hi), parts):
+            counts["n_prompt"][t], counts["n_answer"][t] = len(prompt_ids), len(answer_ids)
+            counts["n_supervised"][t] = n_sup
 
 
 # -- the pass --------------------------------------------------------------------------------
@@ -353,6 +377,7 @@ class _Fit:
     lengths: np.ndarray         # LLM positions of the kept turns
     dropped: np.ndarray         # trailing turns dropped
     truncated: np.ndarray       # records whose (first) answer is cut
+    states: np.ndarray | None = None    # per turn, LLM states the decoder gets (0: turn not kept)
 
 
 def validate_manifest(manifest: Manifest, cfg: ValidationConfig | None = None, builder=None) -> ValidationReport:
@@ -375,6 +400,8 @@ def validate_manifest(manifest: Manifest, cfg: ValidationConfig | None = None, b
         for r, msg in tokens["errors"].items():
             reasons.add(r, msg)
         fit = _fit_dialogues(builder, turns, positions, tokens, reasons)
+        if cfg.stage == 2:
+            _check_ctc(audio, cfg, turns, fit.states, reasons)
     ids = manifest.ids
     bad_list = [BadRecord(i, ids[i], reasons[i]) for i in sorted(reasons)]
     good = np.setdiff1d(np.arange(n), np.fromiter(reasons, np.int64, len(reasons)))
@@ -436,6 +463,17 @@ def _check_text_and_units(audio: dict, cfg: ValidationConfig, turns: Turns, reas
             reasons.add(rec[t], _missing_units(cfg, turns, t, int(audio["dataset_units_hi"][t])))
 
 
+def _check_ctc(audio: dict, cfg: ValidationConfig, turns: Turns, states: np.ndarray, reasons: _Reasons) -> None:
+    """Kept answers whose units no CTC alignment exists for (module doc): their loss would be
+    infinite, i.e. zeroed, and the run would train on nothing for them."""
+    from omni_ds.model.ctc_lengths import ctc_infeasible, infeasible_reason
+    n_units, repeats, factor = audio["n_units"], audio["n_repeats"], cfg.ctc_upsample_factor
+    for t in np.flatnonzero((states > 0) & ctc_infeasible(states, n_units, repeats, factor)):
+        where = "" if turns.single[t] else f"turn {turns.number[t]}: "
+        reasons.add(turns.record[t], f"ctc infeasible: {where}"
+                                     f"{infeasible_reason(int(states[t]), int(n_units[t]), int(repeats[t]), factor)}")
+
+
 def _missing_units(cfg: ValidationConfig, turns: Turns, t: int, dataset_hi: int) -> str:
     if cfg.unit_source == "km1000" and dataset_hi >= 0:
         return (f"units missing{turns.where(t)}: the record has only its own unit string (values up to "
@@ -462,6 +500,8 @@ def _fit_dialogues(builder, turns: Turns, positions: np.ndarray, tokens: dict, r
     first = np.minimum(turns.offsets[:-1], max(turns.n - 1, 0))
     lengths = np.where(n_turns > 0, within[np.minimum(last, max(turns.n - 1, 0))] if turns.n else 0, 0)
     answers = np.bincount(turns.record[fits], np.maximum(a_t, 0)[fits], minlength=n).astype(np.int64)
+    supervised = tokens["n_supervised"].astype(np.int64)
+    states = np.where(fits, np.maximum(supervised, 0), 0)       # one state per supervised token
     truncated = []
     for r in np.flatnonzero((kept == 0) & (n_turns > 0)):
         t = first[r]
@@ -471,9 +511,10 @@ def _fit_dialogues(builder, turns: Turns, positions: np.ndarray, tokens: dict, r
             continue
         room = builder.answer_room(int(p_t[t]), int(positions[t]))
         lengths[r], answers[r] = limit, min(room, int(a_t[t]))       # the answer is cut short
+        states[t] = min(room, int(supervised[t]))                     # as build_dialogue cuts it
         truncated.append(r)
     return _Fit(np.where(n_turns > 0, p_t[first], -1) if turns.n else np.full(n, -1), answers, lengths,
-                n_turns - np.maximum(kept, np.minimum(n_turns, 1)), np.array(truncated, np.int64))
+                n_turns - np.maximum(kept, np.minimum(n_turns, 1)), np.array(truncated, np.int64), states)
 
 
 def _guess_fit(n: int, turns: Turns, positions: np.ndarray) -> _Fit:

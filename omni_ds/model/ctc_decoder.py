@@ -15,6 +15,7 @@ from transformers import LlamaConfig, PretrainedConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
 from omni_ds.constants import IGNORE_INDEX
+from omni_ds.model.ctc_lengths import ctc_infeasible, padded_repeats
 from omni_ds.model.omni_config import parse_ctc_decoder_config
 
 _ROPE_KEYS = ("rope_theta", "rope_scaling", "max_position_embeddings", "rms_norm_eps")
@@ -70,6 +71,7 @@ class CTCSpeechGenerator(nn.Module):
 
         L_b = max(lambda * n_b, n_units_b): with targets longer than lambda * n, CTC would be
         infeasible, so the output is stretched to the target length (as the official code does).
+        Repeated neighbouring units still need L_b >= units + repeats: omni_ds.model.ctc_lengths.
         """
         n_out = n_states * self.upsample_factor
         if n_units is not None:
@@ -105,18 +107,30 @@ class CTCSpeechGenerator(nn.Module):
     # ---- loss ----------------------------------------------------------------------------------
     def ctc_loss_sum(self, states: torch.Tensor, n_states: torch.Tensor,
                      units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed CTC loss over the batch and the number of target units (REFERENCE.md).
+        """(summed CTC loss, number of target units) of the feasible answers (ctc_loss_terms)."""
+        loss, n_units, _ = self.ctc_loss_terms(states, n_states, units)
+        return loss, n_units
+
+    def ctc_loss_terms(self, states: torch.Tensor, n_states: torch.Tensor,
+                       units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Summed CTC loss over the batch, the number of target units, and the number of answers
+        left out because no alignment exists (omni_ds.model.ctc_lengths) (REFERENCE.md).
 
         log-softmax in fp32, blank = unit_vocab_size, zero_infinity; targets padded with -100.
         The caller divides by the target count of the batch (or of the whole optimizer step).
+        An infeasible answer's loss is +inf; zero_infinity makes it 0 with no gradient, and its
+        units are left out of the count, so it neither trains nor dilutes the mean of the rest.
         """
         n_units = units.ne(IGNORE_INDEX).sum(-1)
         logits, n_out = self(states, n_states, n_units)
         log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)     # [L, B, V+1]
         targets = units.clamp(min=0)
-        loss = F.ctc_loss(log_probs, targets, n_out, n_units, blank=self.blank,
-                          reduction="sum", zero_infinity=True)
-        return loss, n_units.sum()
+        # per answer, then summed: reduction="sum" is this same sum, so feasible batches give
+        # the same value as before, bit for bit
+        losses = F.ctc_loss(log_probs, targets, n_out, n_units, blank=self.blank,
+                            reduction="none", zero_infinity=True)
+        infeasible = ctc_infeasible(n_states, n_units, padded_repeats(units), self.upsample_factor)
+        return losses.sum(), n_units[~infeasible].sum(), infeasible.sum()
 
     # ---- inference -----------------------------------------------------------------------------
     @torch.no_grad()

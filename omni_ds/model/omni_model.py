@@ -100,10 +100,12 @@ class OmniSpeechModel(nn.Module):
             if response_states is None:
                 response_states, response_lengths = self.response_hidden_states(
                     input_ids, attention_mask, labels, speech_mel, speech_frames)
-            loss_sum, n = self.speech_generator.ctc_loss_sum(response_states, response_lengths, units)
+            loss_sum, n, n_infeasible = self.speech_generator.ctc_loss_terms(response_states, response_lengths, units)
             loss_sum = loss_sum * self.omni_config.ctc_loss_weight
-        else:
-            loss_sum, n = self.text_loss_sum(input_ids, attention_mask, labels, speech_mel, speech_frames)
+            # answers no CTC alignment exists for are out of the loss and of n (ctc_loss_terms)
+            return {"loss": loss_sum / n.clamp(min=1), "loss_sum": loss_sum, "n_targets": n,
+                    "n_infeasible": n_infeasible}
+        loss_sum, n = self.text_loss_sum(input_ids, attention_mask, labels, speech_mel, speech_frames)
         return {"loss": loss_sum / n.clamp(min=1), "loss_sum": loss_sum, "n_targets": n}
 
     def text_loss_sum(self, input_ids, attention_mask, labels, speech_mel, speech_frames):

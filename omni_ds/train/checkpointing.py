@@ -4,7 +4,8 @@ Layout under `output_dir/checkpoints/`:
 
     step_000200/            DeepSpeed files (model, optimizer and scheduler shards per rank)
         rng_rank{r}.pt      each rank's RNG states (python, numpy, torch, accelerator)
-        omni_ds_state.json  step, data position, config; written LAST, after every rank finished
+        omni_ds_state.json  step, data position, config, resume identity (omni_ds.train.resume_check);
+                            written LAST, after every rank finished
     latest                  the tag of the newest COMPLETE checkpoint, replaced atomically
 
 A crash mid-save leaves a directory without `omni_ds_state.json` and `latest` still names the
@@ -152,11 +153,16 @@ class CheckpointManager:
         self.barrier()
 
     # ---- loading ----------------------------------------------------------------------------
+    @staticmethod
+    def read_state(path: Path) -> dict:
+        """The checkpoint's omni_ds_state.json (step, data position, config, resume identity)."""
+        return json.loads((path / STATE_FILE).read_text())
+
     def load(self, engine, path: Path) -> dict:
         load_path, client = engine.load_checkpoint(str(path.parent), tag=path.name)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
-        state = json.loads((path / STATE_FILE).read_text())
+        state = self.read_state(path)
         rng_file = path / f"rng_rank{self.rank}.pt"
         if rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=True))

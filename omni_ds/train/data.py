@@ -11,6 +11,7 @@ of a rank's epoch plan are not used in that epoch (the plan differs every epoch)
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import torch
@@ -91,14 +92,14 @@ class InMemory(torch.utils.data.Dataset):
 
 
 def validation_config(cfg, omni, on_bad: str = "skip"):
-    """The validation settings of a run: its stage, the model's encoder mode, rate and unit
-    vocabulary, and the data section's duration, dialogue and unit choices (dry run and run)."""
+    """The validation settings of a run: its stage, the model's encoder mode, rate, unit
+    vocabulary and CTC upsampling, and the data section's duration, dialogue and unit choices (dry run and run)."""
     from omni_ds.data.validate import ValidationConfig
     d = cfg.data
     return ValidationConfig(stage=cfg.stage, mel_mode=omni.encoder_mode, max_seconds=d.max_speech_seconds,
                             speech_ds_rate=omni.speech_encoder_ds_rate, on_bad=on_bad,
                             supervise=d.supervise_turns, unit_source=d.unit_source,
-                            unit_vocab_size=omni.unit_vocab_size)
+                            unit_vocab_size=omni.unit_vocab_size, ctc_upsample_factor=omni.ctc_upsample_factor)
 
 
 def build_dataset(path: str, tokenizer, cfg, omni, log=print, n_mels: int = 128):
@@ -120,9 +121,39 @@ def build_dataset(path: str, tokenizer, cfg, omni, log=print, n_mels: int = 128)
 
 
 def count_targets(batch: dict, stage: int) -> int:
-    """Supervised targets in a batch, as the model counts them: next-token labels (stage 1),
-    target units (stage 2). Checked against the model's own `n_targets` every micro-step."""
+    """Supervised targets in a batch: next-token labels (stage 1), target units (stage 2; the
+    loop leaves out those of infeasible_answers, as the model's `n_targets` does, and checks
+    the two agree on the first steps)."""
     from omni_ds.constants import IGNORE_INDEX
     if stage == 2:
         return int(batch["units"].ne(IGNORE_INDEX).sum())
     return int(batch["labels"][:, 1:].ne(IGNORE_INDEX).sum())
+
+
+@dataclass(frozen=True)
+class InfeasibleAnswer:
+    """A stage-2 answer of a batch that no CTC alignment exists for (omni_ds.model.ctc_lengths)."""
+    row: int              # the batch item it belongs to
+    answer: int           # 1-based among that item's answers (a dialogue's kept turns, in order)
+    n_states: int
+    n_units: int
+    repeats: int
+
+
+def infeasible_answers(batch: dict, factor: int, source: str) -> list[InfeasibleAnswer]:
+    """The batch's answers whose CTC loss will be infinite, found from lengths on the CPU before
+    the step runs (so every rank can agree on the step's target count and the policy before any
+    forward), by the rule the decoder's loss applies. `source`: the model's ctc_hidden_source."""
+    from omni_ds.constants import IGNORE_INDEX
+    from omni_ds.model.ctc_lengths import ctc_infeasible, padded_repeats
+    units = batch["units"]
+    if "response_lengths" in batch:          # cached states
+        n_states, rows = batch["response_lengths"], batch["response_rows"].tolist()
+    else:
+        from omni_ds.model.omni_model import response_spans
+        spans = response_spans(batch["labels"], source)
+        n_states, rows = torch.tensor([end - start for _, start, end in spans]), [r for r, _, _ in spans]
+    n_units, repeats = units.ne(IGNORE_INDEX).sum(-1), padded_repeats(units)
+    answer = [rows[:j + 1].count(rows[j]) for j in range(len(rows))]
+    return [InfeasibleAnswer(rows[j], answer[j], int(n_states[j]), int(n_units[j]), int(repeats[j]))
+            for j in torch.nonzero(ctc_infeasible(n_states, n_units, repeats, factor)).flatten().tolist()]

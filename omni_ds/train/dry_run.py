@@ -96,6 +96,7 @@ class DryRun:
         self.cfg, self.world, self.out = cfg, world, out
         self.problems: list[str] = []
         self.shape, self.seq_len = None, 415
+        self.train_data = None          # (usable samples, manifest sha256) for the resume check
 
     def run(self, ds_path: str, ds_raw: dict, gpu: Optional[str], gpu_gib: Optional[float]) -> int:
         self.out(f"omni_ds dry run: stage {self.cfg.stage}, config OK, --ds {ds_path}")
@@ -167,8 +168,11 @@ class DryRun:
                 if not Path(path).is_file():
                     self.problems.append(f"config key 'data.{key}' = {path!r}: no such file")
                     continue
-                report = validate_manifest(load_manifest(path, cfg.data.audio_root), vcfg, cfg.prompt_builder(tok))
+                manifest = load_manifest(path, cfg.data.audio_root)
+                report = validate_manifest(manifest, vcfg, cfg.prompt_builder(tok))
                 self.report_manifest(key, path, report)
+                if key == "train_manifest":
+                    self.train_data = (len(report.good), manifest.digest)
         except Exception as e:                      # noqa: BLE001 - report, keep validating the rest
             self.problems.append(f"data: {type(e).__name__}: {e}")
 
@@ -229,6 +233,19 @@ class DryRun:
         self.out(f"  checkpoints: {'resume from ' + str(where) if where else 'fresh start'} "
                  f"(output_dir {cfg.output_dir}, every {cfg.checkpoint.every_steps or 'end only'} steps, keep "
                  f"{cfg.checkpoint.keep_last})")
+        if where is not None and self.train_data is not None:
+            self.resume_check(where)
+
+    def resume_check(self, where: Path) -> None:
+        """What the run would refuse at resume (omni_ds.train.resume_check), said now."""
+        from omni_ds.train.checkpointing import CheckpointManager
+        from omni_ds.train.resume_check import check_resume, run_identity
+        identity = run_identity(self.cfg, self.global_batch, *self.train_data)
+        try:
+            for note in check_resume(CheckpointManager.read_state(where), identity, self.cfg, where):
+                self.out(f"  {note}")
+        except ConfigError as e:
+            self.problems.append(str(e))
 
 
 def device_memory(gpu: Optional[str], gpu_gib: Optional[float], problems: list) -> tuple[Optional[float], str]:

@@ -40,11 +40,15 @@ def file_fingerprint(path: Path) -> str:
     return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
 
 
+def folder_fingerprint(model_dir: Path) -> str:
+    """What identifies a model folder: its config, weight and tokenizer files (file_fingerprint each)."""
+    return "".join(f"{f.name}={file_fingerprint(f)};" for f in sorted(Path(model_dir).glob("*"))
+                   if f.suffix in (".json", ".safetensors", ".pt", ".bin") and f.is_file())
+
+
 def cache_key(model_dir: Path, manifest_path: Path, settings: dict) -> str:
     h = hashlib.sha256()
-    for f in sorted(Path(model_dir).glob("*")):
-        if f.suffix in (".json", ".safetensors", ".pt", ".bin") and f.is_file():
-            h.update(f"{f.name}={file_fingerprint(f)};".encode())
+    h.update(folder_fingerprint(model_dir).encode())
     h.update(f"manifest={file_fingerprint(Path(manifest_path))};".encode())
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()[:24]
@@ -224,7 +228,8 @@ class CachedStatesDataset(torch.utils.data.Dataset):
 
 def collate_cached(items: list[dict]) -> dict:
     """[N, T, D] states (one row per answer: per item, or per turn of a dialogue) right padded
-    with zeros, their lengths, units padded with -100, sample_index per item."""
+    with zeros, their lengths, units padded with -100, sample_index per item, and response_rows
+    [N] (the item of each answer: the loop names an answer's record with it; the model ignores it)."""
     from omni_ds.data.collator import spread
     seqs, targets = spread(items, "response_states"), spread(items, "units")
     n = max(x.shape[0] for x in seqs)
@@ -234,5 +239,7 @@ def collate_cached(items: list[dict]) -> dict:
     for b, (x, y) in enumerate(zip(seqs, targets)):
         states[b, : x.shape[0]] = x
         units[b, : len(y)] = y
+    rows = [b for b, it in enumerate(items) for _ in (it["units"] if isinstance(it["units"], list) else [0])]
     return {"response_states": states, "response_lengths": torch.tensor([x.shape[0] for x in seqs]),
-            "units": units, "sample_index": torch.tensor([it["sample_index"] for it in items])}
+            "units": units, "sample_index": torch.tensor([it["sample_index"] for it in items]),
+            "response_rows": torch.tensor(rows, dtype=torch.long)}

@@ -23,6 +23,10 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+class InfeasibleCTC(RuntimeError):
+    """A stage-2 step met answers no CTC alignment exists for and the policy stops the run."""
+
+
 @dataclass
 class LoopState:
     step: int = 0                     # optimizer steps done
@@ -34,6 +38,7 @@ class LoopState:
     train_seconds: float = 0.0
     model_flops: float = 0.0
     skipped_steps: int = 0
+    ctc_infeasible: int = 0           # stage-2 answers left out of their step (no CTC alignment)
 
 
 def all_sum(values: list[float], device) -> list[float]:

@@ -228,11 +228,17 @@ def memory_check(cfg: TrainConfig, ds: dict, rank: int, world: int, micro: int, 
     return check
 
 
-def _report_of(dataset):
-    """The validation report behind a (possibly wrapped: RAM cache, hidden-state cache) dataset."""
+def base_dataset(dataset):
+    """The validated OmniSpeechDataset (its manifest, its report) behind a possibly wrapped (RAM
+    cache, hidden-state cache) dataset; None when there is none."""
     while dataset is not None and not hasattr(dataset, "report"):
         dataset = getattr(dataset, "base", None) or getattr(dataset, "dataset", None)
-    return getattr(dataset, "report", None)
+    return dataset
+
+
+def _report_of(dataset):
+    """The validation report behind a (possibly wrapped) dataset."""
+    return getattr(base_dataset(dataset), "report", None)
 
 
 def describe_run(t) -> dict:

@@ -8,6 +8,15 @@ start, DeepSpeed config, model, data (validated datasets and the sampler: the sc
 engine, the stage-2 hidden-state cache (decided here, before the step stream exists), the step
 stream, resume. `train()` runs `train_step()` until the schedule ends; the checkpointer and the
 evaluator say when they are due. Loss normalisation: see omni_ds/train/loop.py.
+
+Stage-2 answers that no CTC alignment exists for (omni_ds.model.ctc_lengths; validation makes
+them bad records, so meeting one here means the data or the model changed under it) are found
+from lengths before each step runs. Each is logged with its record id, answer and lengths by the
+rank holding it, and counted (`ctc_infeasible` in the logs, `ctc_infeasible_answers` in
+summary.json). data.on_bad = "error" stops the run before that step; "skip" trains the step on
+its other answers (the infeasible ones have zero loss and gradient and are left out of the target
+count, so the rest weigh as if they were alone), and still stops when no answer of the step is left,
+rather than step the optimizer on nothing. A stop is status "stopped_ctc_infeasible".
 """
 from __future__ import annotations
 
@@ -22,9 +31,10 @@ import torch.distributed as dist
 
 from omni_ds.precision import torch_dtype
 from omni_ds.train.config import ConfigError, TrainConfig
-from omni_ds.train.data import StepStream, count_targets
+from omni_ds.train.data import StepStream, count_targets, infeasible_answers
 from omni_ds.train.ds_config import load_ds_config, zero_stage
-from omni_ds.train.loop import LoopState, NonFiniteLoss, all_sum, group_lrs, nonfinite_message, to_device
+from omni_ds.train.loop import (InfeasibleCTC, LoopState, NonFiniteLoss, all_sum, group_lrs, nonfinite_message,
+                                to_device)
 
 POSITION_KEYS = ("llm_positions", "samples", "encoder_frames", "speech_positions", "decoder_positions")
 
@@ -55,6 +65,7 @@ class Trainer:
         self.collate = self._collate()
         self.stream = StepStream(self.train_set, self.sampler, self.gas, self.collate, cfg.data.num_workers)
         self.flops_model, self.peak_tflops = self._flops()
+        self.identity = self._identity()
         self.checkpointer, self.state, self.resumed_from = self._restore()
         from omni_ds.train.evaluator import make_evaluator
         self.evaluator = make_evaluator(self.engine, self.val_set, self.collate, cfg, self.rank, self.world)
@@ -105,16 +116,24 @@ class Trainer:
         source = ckpt.resolve(self.cfg.checkpoint.resume)
         if source is None:
             return ckpt, state, None
+        from omni_ds.train.resume_check import check_resume
+        # before any weights load: a refused resume costs nothing
+        for note in check_resume(ckpt.read_state(source), self.identity, self.cfg, source):
+            self.log(note)
         saved = ckpt.load(self.engine, source)
-        if saved["global_batch"] != self.global_batch or saved["num_samples"] != len(self.train_set):
-            raise RuntimeError(f"{source}: saved with global batch {saved['global_batch']} over "
-                               f"{saved['num_samples']} samples; this run has {self.global_batch} over "
-                               f"{len(self.train_set)}: the data position would not carry over")
         state.step, state.samples, state.tokens = saved["step"], saved["samples"], saved["tokens"]
+        state.ctc_infeasible = saved.get("ctc_infeasible", 0)
         self.stream.epoch, self.stream.step_in_epoch = saved["data"]["epoch"], saved["data"]["step_in_epoch"]
         self.log(f"resumed from {source} at step {state.step} (epoch {self.stream.epoch}, "
                  f"step {self.stream.step_in_epoch} of {self.stream.steps_in_epoch(self.stream.epoch)})")
         return ckpt, state, source
+
+    def _identity(self) -> dict:
+        """What a resume must find unchanged (omni_ds.train.resume_check), saved with every checkpoint."""
+        from omni_ds.train.parts import base_dataset
+        from omni_ds.train.resume_check import run_identity
+        return run_identity(self.cfg, self.global_batch, len(self.train_set),
+                            base_dataset(self.train_set).manifest.digest)
 
     def _describe(self) -> dict:
         from omni_ds.train.parts import describe_run
@@ -124,7 +143,8 @@ class Trainer:
         st = self.state
         return {"step": st.step, "samples": st.samples, "tokens": st.tokens, "data": self.stream.position(),
                 "global_batch": self.global_batch, "num_samples": len(self.train_set), "loss": st.last_loss,
-                "world_size": self.world, "config": self.cfg.to_dict()}
+                "world_size": self.world, "config": self.cfg.to_dict(), "ctc_infeasible": st.ctc_infeasible,
+                "resume_identity": self.identity}
 
     # ---- the loop ----------------------------------------------------------------------------------
     def train(self, until: Optional[int] = None) -> LoopState:
@@ -149,9 +169,12 @@ class Trainer:
         """One optimizer step over this rank's GAS micro-batches; returns its logged scalars."""
         t0 = time.perf_counter()
         epoch, step_in_epoch, micro_batches = self.stream.next_step()
-        n_step, = all_sum([sum(count_targets(b, self.cfg.stage) for b in micro_batches)], self.engine.device)
+        targets, infeasible = self._step_targets(micro_batches)
+        n_step, n_infeasible = all_sum([sum(targets), len(infeasible)], self.engine.device)
+        if n_infeasible:
+            self._on_infeasible(micro_batches, infeasible, int(n_infeasible), n_step, (epoch, step_in_epoch))
         lrs = group_lrs(self.engine)                 # the lrs this step's update uses
-        loss_sum = self._forward_backward(micro_batches, self.world / max(n_step, 1.0))
+        loss_sum = self._forward_backward(micro_batches, targets, self.world / max(n_step, 1.0))
         self.state.step += 1
         loss, pos = self._reduce(loss_sum, micro_batches, n_step)
         grad_norm = self.engine.get_global_grad_norm()
@@ -165,17 +188,51 @@ class Trainer:
         scalars = self._account(loss, grad_norm, pos, n_step, dt, epoch, step_in_epoch, lrs)
         return scalars
 
-    def _forward_backward(self, micro_batches: list[dict], scale: float) -> torch.Tensor:
+    def _step_targets(self, micro_batches: list[dict]) -> tuple[list[int], list]:
+        """Per micro-batch its target count, CTC-infeasible answers left out; and those answers
+        as (micro-batch, InfeasibleAnswer) (stage 2; see the module doc)."""
+        omni, targets, bad = self.model.omni_config, [], []
+        for i, batch in enumerate(micro_batches):
+            found = (infeasible_answers(batch, omni.ctc_upsample_factor, omni.ctc_hidden_source)
+                     if self.cfg.stage == 2 else [])
+            targets.append(count_targets(batch, self.cfg.stage) - sum(a.n_units for a in found))
+            bad += [(i, a) for a in found]
+        return targets, bad
+
+    def _on_infeasible(self, micro_batches: list[dict], bad: list, n_bad: int, n_step: float, where) -> None:
+        """Log this rank's infeasible answers, count the step's (all ranks), apply the policy:
+        every rank decides alike, on the all-reduced counts."""
+        from omni_ds.model.ctc_lengths import infeasible_reason
+        from omni_ds.train.parts import base_dataset
+        step, ids = self.state.step + 1, base_dataset(self.train_set).manifest.arrow_column("id")
+        for i, a in bad:
+            index = int(micro_batches[i]["sample_index"][a.row])
+            print(f"[omni_ds rank {self.rank}] step {step}: ctc infeasible: record {ids[index].as_py()} (manifest "
+                  f"index {index}), answer {a.answer}: "
+                  f"{infeasible_reason(a.n_states, a.n_units, a.repeats, self.model.omni_config.ctc_upsample_factor)}",
+                  file=sys.stderr, flush=True)
+        self.state.ctc_infeasible += n_bad
+        if self.cfg.data.on_bad == "error" or n_step == 0:
+            why = 'data.on_bad = "error"' if self.cfg.data.on_bad == "error" else "no other answer is left in the step"
+            raise InfeasibleCTC(
+                f"step {step} (epoch {where[0]}, step {where[1]} of the epoch): {n_bad} answer(s) that no CTC "
+                f"alignment exists for (listed above with record ids and lengths) and {why}: stopped before the "
+                f"step; the last checkpoint is {self.checkpointer.latest() or 'none'}. Validation reports such "
+                "answers as bad records: check that the manifest, its units and model.omni.ctc_upsample_factor "
+                "are what it saw (tools/validate_data.py --stage 2 --tokenizer ...)")
+        self.observer.message(f"step {step}: {n_bad} answer(s) that no CTC alignment exists for left out of the "
+                              f"step (data.on_bad = \"skip\"; {self.state.ctc_infeasible} so far)")
+
+    def _forward_backward(self, micro_batches: list[dict], targets: list[int], scale: float) -> torch.Tensor:
         """Each micro-batch through the engine; DeepSpeed steps at the accumulation boundary."""
         device, dtype = self.engine.device, torch_dtype(self.cfg.precision)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        for batch in micro_batches:
+        for batch, n_targets in zip(micro_batches, targets):
             out = self.engine(**to_device(batch, device, dtype))
             # the model's own count must be the loop's (checked on the first steps: it syncs a GPU)
-            if self.state.step < 2 and int(out["n_targets"]) != count_targets(batch, self.cfg.stage):
+            if self.state.step < 2 and int(out["n_targets"]) != n_targets:
                 raise RuntimeError(f"the model counted {int(out['n_targets'])} targets in a micro-batch, "
-                                   f"the loop {count_targets(batch, self.cfg.stage)}: loss normalisation "
-                                   "would be wrong")
+                                   f"the loop {n_targets}: loss normalisation would be wrong")
             self.engine.backward(out["loss_sum"] * scale, scale_wrt_gas=False)
             self.engine.step()
             loss_sum += out["loss_sum"].detach().double()
@@ -222,6 +279,8 @@ class Trainer:
                    "hfu": mfu(hw_flops, dt, world, self.peak_tflops),
                    "tflops_per_device": model_flops / dt / world / 1e12, "max_memory_gib": max_memory_gib(),
                    "skipped_steps": skipped, **{f"lr/{k}": v for k, v in lrs.items()}}
+        if self.cfg.stage == 2:
+            scalars["ctc_infeasible"] = st.ctc_infeasible
         if st.step % self.cfg.log.every_steps == 0 or st.step == self.total_steps:
             self.observer.log(st.step, scalars)
             self.observer.progress(st.step, loss, next(iter(lrs.values())), pos["samples"] / dt)
@@ -239,8 +298,9 @@ class Trainer:
         status, error, t0 = "completed", None, time.time()
         try:
             self.train()
-        except NonFiniteLoss as e:
-            status, error = "stopped_nonfinite", str(e)
+        except (NonFiniteLoss, InfeasibleCTC) as e:
+            status = "stopped_nonfinite" if isinstance(e, NonFiniteLoss) else "stopped_ctc_infeasible"
+            error = str(e)
             print(f"[omni_ds rank {self.rank}] ERROR: {e}", file=sys.stderr, flush=True)
         final_dir = self._finish() if status == "completed" else None
         summary = self._summary(status, error, final_dir, time.time() - t0)
@@ -274,6 +334,7 @@ class Trainer:
             "peak_tflops": self.peak_tflops, "final_dir": str(final_dir) if final_dir else None,
             "checkpoint": str(latest) if latest else None,
             "skipped_steps": int(getattr(self.engine, "skipped_steps", 0) or 0),     # fp16 loss-scale overflows
+            "ctc_infeasible_answers": st.ctc_infeasible,
             **self.info}
 
     def close(self, summary: Optional[dict] = None) -> None:

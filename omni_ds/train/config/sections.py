@@ -13,6 +13,9 @@ from typing import Literal, Optional
 Positive = (lambda v: v >= 1, "must be >= 1")
 ZeroDisables = (lambda v: v >= 0, "must be >= 0 (0 disables)")
 OpenUnit = (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)")
+# what a resume checks is unchanged (omni_ds.train.resume_check), by the names
+# checkpoint.accept_changes takes
+RESUME_ITEMS = ("seed", "train_manifest", "train_samples", "batching", "global_batch", "model")
 
 
 @dataclass
@@ -166,9 +169,18 @@ class CheckpointSection:
     """"auto" (from output_dir/checkpoints/latest if present), "never", or a checkpoint path."""
     save_final: bool = True
     """Write output_dir/final, a LLaMA-Omni-layout folder, at the end."""
+    accept_changes: list = field(default_factory=list)
+    """A resume is refused when it would change what decides the data order and the optimizer:
+    "seed", "train_manifest" (its content), "train_samples" (usable records), "batching"
+    (batch.batching), "global_batch", "model" (the init_from / whisper_path / llm_path /
+    tokenizer_path folders' files). List the changed ones here to resume anyway (the run then no
+    longer continues the checkpoint's data order exactly), or start fresh (--resume never, or a
+    new output_dir)."""
 
     RANGES = {"every_steps": ZeroDisables, "keep_last": ZeroDisables,
-              "resume": (lambda v: bool(v), 'allowed: "auto", "never" or a checkpoint path')}
+              "resume": (lambda v: bool(v), 'allowed: "auto", "never" or a checkpoint path'),
+              "accept_changes": (lambda v: all(x in RESUME_ITEMS for x in v),
+                                 "entries allowed: " + ", ".join(f'"{x}"' for x in RESUME_ITEMS))}
 
 
 @dataclass
