@@ -241,7 +241,7 @@ def _load_llm(path, dtype, attn_implementation, config=None):
     quiet = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()   # LLaMA-Omni folders hold non-LLM weights: expected "unused"
     try:
-        return AutoModelForCausalLM.from_pretrained(str(path), config=config, torch_dtype=dtype,
+        return AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=dtype,
                                                     attn_implementation=attn_implementation)
     finally:
         hf_logging.set_verbosity(quiet)

@@ -15,6 +15,7 @@ from transformers import LlamaConfig, PretrainedConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
 from omni_ds.constants import IGNORE_INDEX
+from omni_ds.model.hf_compat import layer_hidden_states
 from omni_ds.model.omni_config import parse_ctc_decoder_config
 
 _ROPE_KEYS = ("rope_theta", "rope_scaling", "max_position_embeddings", "rms_norm_eps")
@@ -90,9 +91,8 @@ class CTCSpeechGenerator(nn.Module):
         cos_sin = self.rotary_emb(x, positions)
         mask = self._causal_padding_mask(n_out, length, x.dtype, x.device)
         for layer in self.layers:
-            x = layer(x, attention_mask=mask, position_ids=positions, position_embeddings=cos_sin)
-            if isinstance(x, tuple):             # older transformers return (hidden, ...)
-                x = x[0]
+            x = layer_hidden_states(layer(x, attention_mask=mask, position_ids=positions,
+                                          position_embeddings=cos_sin))
         return self.output_proj(x), n_out
 
     @staticmethod
