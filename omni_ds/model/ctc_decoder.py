@@ -6,8 +6,6 @@ input_proj -> causal Llama decoder layers (RoPE settings of the LLM, full multi-
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,16 +13,17 @@ from transformers import LlamaConfig, PretrainedConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
 from omni_ds.constants import IGNORE_INDEX
-from omni_ds.model.hf_compat import layer_hidden_states
+from omni_ds.model.hf_compat import layer_hidden_states, llama_rope_kwargs, rope_parameters
 from omni_ds.model.omni_config import parse_ctc_decoder_config
 
-_ROPE_KEYS = ("rope_theta", "rope_scaling", "max_position_embeddings", "rms_norm_eps")
+_INHERITED_KEYS = ("max_position_embeddings", "rms_norm_eps")
 
 
 def decoder_llama_config(llm_config: PretrainedConfig, spec: str, attn_implementation: str) -> LlamaConfig:
     """A Llama config for the decoder layers that inherits the LLM's RoPE and norm settings."""
     layers, width, heads, ffn = parse_ctc_decoder_config(spec)
-    inherited = {k: copy.deepcopy(getattr(llm_config, k)) for k in _ROPE_KEYS if hasattr(llm_config, k)}
+    inherited = {k: getattr(llm_config, k) for k in _INHERITED_KEYS if hasattr(llm_config, k)}
+    inherited.update(llama_rope_kwargs(rope_parameters(llm_config)))
     cfg = LlamaConfig(hidden_size=width, intermediate_size=ffn, num_hidden_layers=layers,
                       num_attention_heads=heads, num_key_value_heads=heads, hidden_act="silu",
                       attention_bias=False, mlp_bias=False, vocab_size=1, **inherited)

@@ -6,10 +6,12 @@ later 5.x that changes again fails loudly in one place.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 
 import torch
 from torch import nn
+from transformers import LlamaConfig, PretrainedConfig
 
 
 def layer_hidden_states(output) -> torch.Tensor:
@@ -53,3 +55,43 @@ def enable_activation_checkpointing(model: nn.Module, checkpoint_kwargs: dict) -
     """
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
     enable(checkpoint_kwargs)
+
+
+# ---- RoPE settings -------------------------------------------------------------------------------
+# transformers 5 keeps a config's RoPE settings in one `rope_parameters` dict (rope_type and
+# rope_theta inside; `rope_scaling` is a deprecated alias of it and `rope_theta` is no attribute).
+# 4.57 has the `rope_theta` float and the optional `rope_scaling` dict (None = plain RoPE).
+
+
+def rope_parameters(config: PretrainedConfig) -> dict:
+    """A config's RoPE settings as one dict with `rope_type` and `rope_theta` (a copy)."""
+    params = getattr(config, "rope_parameters", None)
+    if params is not None:
+        return copy.deepcopy(dict(params))
+    scaling = copy.deepcopy(getattr(config, "rope_scaling", None) or {"rope_type": "default"})
+    return {**scaling, "rope_theta": config.rope_theta}
+
+
+def llama_rope_kwargs(params: dict) -> dict:
+    """LlamaConfig(...) keyword arguments giving the RoPE settings `params` (rope_parameters' form),
+    spelled the way the installed LlamaConfig takes them."""
+    if "rope_parameters" in inspect.signature(LlamaConfig.__init__).parameters:
+        return {"rope_parameters": copy.deepcopy(params)}
+    return legacy_rope_keys({"rope_parameters": params})
+
+
+def legacy_rope_keys(config_dict: dict) -> dict:
+    """A config dict with its RoPE settings spelled as `rope_theta` + `rope_scaling`.
+
+    This is the spelling both lines read: transformers 5 converts it on load, while 4.x and the
+    official LLaMA-Omni code (transformers 4.43) ignore a `rope_parameters` key and would silently
+    fall back to theta 10000 without Llama-3 scaling. So folders we write use it.
+    """
+    out = dict(config_dict)
+    params = out.pop("rope_parameters", None)
+    if params is None:
+        return out
+    scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    out["rope_theta"] = params.get("rope_theta", out.get("rope_theta"))
+    out["rope_scaling"] = None if scaling.get("rope_type", "default") == "default" and len(scaling) <= 1 else scaling
+    return out
