@@ -4,8 +4,8 @@ import json
 import torch
 from safetensors.torch import save_file
 
+from omni_ds.hf_compat import legacy_rope_keys
 from omni_ds.model.checkpoint import omni_state_dict
-from omni_ds.model.hf_compat import legacy_rope_keys
 
 
 def openai_dims(config) -> dict:

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 
 from omni_ds.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
 from omni_ds.data.audio import load_audio, log_mel
+from omni_ds.hf_compat import rope_parameters
 from omni_ds.model.checkpoint import (build_from_parts, load_omni_folder, omni_state_dict,
                                       save_omni_folder, write_safetensors)
-from omni_ds.model.hf_compat import rope_parameters
 from omni_ds.model.speech_encoder import hf_to_openai_name
 from omni_ds.tiny.models import tiny_omni_config
 from released_layout import write_released_layout

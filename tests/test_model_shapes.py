@@ -2,8 +2,8 @@
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig
 
+from omni_ds.hf_compat import rope_parameters
 from omni_ds.model.ctc_decoder import CTCSpeechGenerator, ctc_collapse, upsample_assignment
-from omni_ds.model.hf_compat import rope_parameters
 from omni_ds.model.omni_config import OmniConfig
 from omni_ds.model.omni_model import OmniSpeechModel
 from omni_ds.model.projector import SpeechProjector

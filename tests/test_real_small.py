@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from omni_ds.model.hf_compat import rope_parameters
+from omni_ds.hf_compat import rope_parameters
 from omni_ds.realsmall.ct2 import Ct2FormatError, read_ct2_model, write_ct2_model
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, WhisperConfig
 from transformers import logging as hf_logging
 
-from omni_ds.model.hf_compat import legacy_rope_keys
+from omni_ds.hf_compat import legacy_rope_keys
 from omni_ds.model.omni_config import OmniConfig
 from omni_ds.model.omni_model import OmniSpeechModel
 from omni_ds.model.speech_encoder import hf_to_openai_name, openai_to_hf_name

@@ -13,7 +13,7 @@ from transformers import LlamaConfig, PretrainedConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
 from omni_ds.constants import IGNORE_INDEX
-from omni_ds.model.hf_compat import layer_hidden_states, llama_rope_kwargs, rope_parameters
+from omni_ds.hf_compat import layer_hidden_states, llama_rope_kwargs, rope_parameters
 from omni_ds.model.omni_config import parse_ctc_decoder_config
 
 _INHERITED_KEYS = ("max_position_embeddings", "rms_norm_eps")

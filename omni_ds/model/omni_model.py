@@ -14,8 +14,8 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel, WhisperConfig
 
 from omni_ds.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
+from omni_ds.hf_compat import cache_kwargs, enable_activation_checkpointing
 from omni_ds.model.ctc_decoder import CTCSpeechGenerator, ctc_collapse
-from omni_ds.model.hf_compat import cache_kwargs, enable_activation_checkpointing
 from omni_ds.model.omni_config import OmniConfig
 from omni_ds.model.projector import SpeechProjector
 from omni_ds.model.speech_encoder import WhisperSpeechEncoder

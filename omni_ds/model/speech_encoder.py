@@ -15,7 +15,7 @@ from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from omni_ds.constants import N_FRAMES
-from omni_ds.model.hf_compat import layer_hidden_states, whisper_encoder_layer_kwargs
+from omni_ds.hf_compat import layer_hidden_states, whisper_encoder_layer_kwargs
 
 
 def encoder_output_frames(mel_frames: torch.Tensor | int):

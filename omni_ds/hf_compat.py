@@ -17,8 +17,8 @@ from transformers import LlamaConfig, PretrainedConfig
 def layer_hidden_states(output) -> torch.Tensor:
     """The hidden states a decoder/encoder layer returned.
 
-    transformers 5 layers (and 4.57's Llama layers) return the tensor itself; 4.57's Whisper
-    encoder layer returns (hidden_states, attn_weights). Indexing [0] on a tensor would silently
+    transformers 5 layers (and 4.57's Llama layers) return the tensor itself; 4.57's Whisper and
+    HuBERT encoder layers return (hidden_states, attn_weights). Indexing [0] on a tensor would silently
     take the first batch row, so the tuple case is told apart by type.
     """
     return output[0] if isinstance(output, tuple) else output
