@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -95,3 +97,29 @@ def legacy_rope_keys(config_dict: dict) -> dict:
     out["rope_theta"] = params.get("rope_theta", out.get("rope_theta"))
     out["rope_scaling"] = None if scaling.get("rope_type", "default") == "default" and len(scaling) <= 1 else scaling
     return out
+
+
+# ---- tokenizer files -------------------------------------------------------------------------------
+# transformers 5 writes tokenizer_config.json for its own loader: tokenizer_class
+# "TokenizersBackend" (a class 4.x and the official code's 4.43 do not have: they refuse the
+# folder), the loader flags is_local / local_files_only, and (as 4.57 does) the chat template in
+# chat_template.jinja only, which loaders before 4.4x do not read. PreTrainedTokenizerFast is the
+# released Llama-3.1 tokenizer's class and loads as TokenizersBackend in 5.
+_LOADER_FLAGS = ("is_local", "local_files_only")
+
+
+def save_portable_tokenizer(tokenizer, folder: str | Path) -> None:
+    """tokenizer.save_pretrained(folder), with tokenizer_config.json spelled so that transformers
+    4.x, 5.x and the official LLaMA-Omni code all load the folder."""
+    folder = Path(folder)
+    tokenizer.save_pretrained(str(folder))
+    cfg_path, jinja = folder / "tokenizer_config.json", folder / "chat_template.jinja"
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("tokenizer_class") == "TokenizersBackend":
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    for key in _LOADER_FLAGS:
+        cfg.pop(key, None)
+    if jinja.exists():
+        cfg.setdefault("chat_template", jinja.read_text())
+        jinja.unlink()
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n")

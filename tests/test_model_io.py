@@ -147,6 +147,9 @@ def test_save_load_round_trip_is_bit_exact(tiny_model, tmp_path):
     # read (transformers 5 alone would write one rope_parameters dict that they ignore).
     assert "rope_parameters" not in cfg and cfg["rope_theta"] == 500000.0
     assert cfg["rope_scaling"]["rope_type"] == "llama3" and cfg["rope_scaling"]["factor"] == 8.0
+    # Tokenizer files as the released folder has them: loadable by transformers 4.x and 5.x alike
+    tok_cfg = json.loads((tmp_path / "m" / "tokenizer_config.json").read_text())
+    assert tok_cfg["tokenizer_class"] == "PreTrainedTokenizerFast" and tok_cfg["chat_template"]
     loaded, tok2 = load_omni_folder(tmp_path / "m")
     assert rope_parameters(loaded.llm.config) == rope_parameters(model.llm.config)
     a, b = model.state_dict(), loaded.state_dict()

@@ -25,7 +25,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, WhisperConfig
 from transformers import logging as hf_logging
 
-from omni_ds.hf_compat import legacy_rope_keys
+from omni_ds.hf_compat import legacy_rope_keys, save_portable_tokenizer
 from omni_ds.model.omni_config import OmniConfig
 from omni_ds.model.omni_model import OmniSpeechModel
 from omni_ds.model.speech_encoder import hf_to_openai_name, openai_to_hf_name
@@ -373,7 +373,7 @@ def save_omni_folder(out_dir: str | Path, model: OmniSpeechModel, tokenizer,
     (tmp / "config.json").write_text(json.dumps(omni_config_json(model), indent=2, sort_keys=True))
     if getattr(model.llm, "generation_config", None) is not None:
         model.llm.generation_config.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
+    save_portable_tokenizer(tokenizer, tmp)
     if metadata is not None:
         (tmp / "omni_ds_training.json").write_text(json.dumps(metadata, indent=2, default=str))
     # Replace atomically from the reader's view: a folder is either the old one or complete.
