@@ -20,8 +20,8 @@ def layer_hidden_states(output) -> torch.Tensor:
     """The hidden states a decoder/encoder layer returned.
 
     transformers 5 layers (and 4.57's Llama layers) return the tensor itself; 4.57's Whisper and
-    HuBERT encoder layers return (hidden_states, attn_weights). Indexing [0] on a tensor would silently
-    take the first batch row, so the tuple case is told apart by type.
+    HuBERT encoder layers return (hidden_states, attn_weights). Indexing [0] on a tensor would
+    silently take the first batch row, so the tuple case is told apart by type.
     """
     return output[0] if isinstance(output, tuple) else output
 
@@ -95,7 +95,8 @@ def legacy_rope_keys(config_dict: dict) -> dict:
         return out
     scaling = {k: v for k, v in params.items() if k != "rope_theta"}
     out["rope_theta"] = params.get("rope_theta", out.get("rope_theta"))
-    out["rope_scaling"] = None if scaling.get("rope_type", "default") == "default" and len(scaling) <= 1 else scaling
+    plain = scaling.get("rope_type", "default") == "default" and len(scaling) <= 1
+    out["rope_scaling"] = None if plain else scaling        # 4.x spells plain RoPE as None
     return out
 
 

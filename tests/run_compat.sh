@@ -12,8 +12,8 @@ cd "$ROOT"
 COMPAT_TESTS=(tests/test_model_io.py tests/test_model_shapes.py tests/test_official_parity.py
               tests/test_tokenizer.py tests/test_infer.py tests/test_train_engine.py
               tests/test_units_parity.py tests/test_real_small.py)
-PY="$(VENV="${COMPAT_VENV:-$ROOT/.venv-tf4}" TRANSFORMERS_SPEC="${COMPAT_TRANSFORMERS_SPEC:-transformers==4.57.6}" \
-      bash tools/setup_env.sh)"
+PY="$(VENV="${COMPAT_VENV:-$ROOT/.venv-tf4}" \
+      TRANSFORMERS_SPEC="${COMPAT_TRANSFORMERS_SPEC:-transformers==4.57.6}" bash tools/setup_env.sh)"
 "$PY" -c "import transformers; print('[compat] transformers', transformers.__version__)" >&2
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 exec "$PY" -m pytest -q -ra "${COMPAT_TESTS[@]}" "$@"
