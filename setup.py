@@ -13,7 +13,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.3",
-        "transformers>=4.57,<5",
+        "transformers>=4.57,<6",
         "tokenizers>=0.21",
         "safetensors>=0.4",
         "deepspeed>=0.16",

@@ -4,6 +4,7 @@ import json
 import torch
 from safetensors.torch import save_file
 
+from omni_ds.hf_compat import legacy_rope_keys
 from omni_ds.model.checkpoint import omni_state_dict
 
 
@@ -40,7 +41,7 @@ def write_released_layout(model, tok, folder, encoder_inline: bool, encoder_pt=N
         save_file({n: state[n].contiguous() for n in part}, str(folder / fname), metadata={"format": "pt"})
         weight_map.update({n: fname for n in part})
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    cfg = model.llm.config.to_dict()
+    cfg = legacy_rope_keys(model.llm.config.to_dict())     # the released config.json's spelling
     cfg.update({"_name_or_path": "Llama-3.1-8B-Omni", "architectures": ["OmniSpeech2SLlamaForCausalLM"],
                 "model_type": "omni_speech2s_llama", "speech_encoder": "models/speech_encoder/large-v3.pt",
                 "speech_encoder_type": "whisper", "speech_encoder_ds_rate": 5, "speech_encoder_hidden_size": model.speech_encoder.hidden_size,

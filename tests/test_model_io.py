@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from omni_ds.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
 from omni_ds.data.audio import load_audio, log_mel
+from omni_ds.hf_compat import rope_parameters
 from omni_ds.model.checkpoint import (build_from_parts, load_omni_folder, omni_state_dict,
                                       save_omni_folder, write_safetensors)
 from omni_ds.model.speech_encoder import hf_to_openai_name
@@ -142,7 +143,15 @@ def test_save_load_round_trip_is_bit_exact(tiny_model, tmp_path):
                        "ctc_decoder_config": "(2,64,4,128)", "ctc_upsample_factor": 25, "ctc_loss_weight": 1.0,
                        "unit_vocab_size": 1000, "tokenizer_model_max_length": 2048}.items():
         assert cfg[key] == value, key
+    # RoPE as the released config.json spells it, which transformers 4.x and the official code
+    # read (transformers 5 alone would write one rope_parameters dict that they ignore).
+    assert "rope_parameters" not in cfg and cfg["rope_theta"] == 500000.0
+    assert cfg["rope_scaling"]["rope_type"] == "llama3" and cfg["rope_scaling"]["factor"] == 8.0
+    # Tokenizer files as the released folder has them: loadable by transformers 4.x and 5.x alike
+    tok_cfg = json.loads((tmp_path / "m" / "tokenizer_config.json").read_text())
+    assert tok_cfg["tokenizer_class"] == "PreTrainedTokenizerFast" and tok_cfg["chat_template"]
     loaded, tok2 = load_omni_folder(tmp_path / "m")
+    assert rope_parameters(loaded.llm.config) == rope_parameters(model.llm.config)
     a, b = model.state_dict(), loaded.state_dict()
     assert set(a) == set(b)
     for k in a:

@@ -2,6 +2,7 @@
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig
 
+from omni_ds.hf_compat import rope_parameters
 from omni_ds.model.ctc_decoder import CTCSpeechGenerator, ctc_collapse, upsample_assignment
 from omni_ds.model.omni_config import OmniConfig
 from omni_ds.model.omni_model import OmniSpeechModel
@@ -37,8 +38,9 @@ def test_full_size_parameter_counts_on_meta_device():
     assert count(model.speech_encoder) == 635_048_960 + 1500 * 1280
     gen = model.speech_generator
     assert gen.output_proj.out_features == 1001 and gen.blank == 1000
-    assert gen.config.num_key_value_heads == 32 and gen.config.rope_theta == 500000.0
-    assert gen.config.rope_scaling["rope_type"] == "llama3"
+    rope = rope_parameters(gen.config)
+    assert gen.config.num_key_value_heads == 32 and rope["rope_theta"] == 500000.0
+    assert rope["rope_type"] == "llama3" and rope == rope_parameters(llm.config)
 
 
 def test_projector_concatenates_k_consecutive_frames_and_drops_the_tail():

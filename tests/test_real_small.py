@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from omni_ds.hf_compat import rope_parameters
 from omni_ds.realsmall.ct2 import Ct2FormatError, read_ct2_model, write_ct2_model
 
 
@@ -240,7 +241,7 @@ def _write_tiny_gguf(path, model, tokens: list[str], token_types: list[int], mer
     w.add_head_count(c.num_attention_heads)
     w.add_head_count_kv(c.num_key_value_heads)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_rope_freq_base(c.rope_theta)
+    w.add_rope_freq_base(rope_parameters(c)["rope_theta"])
     w.add_vocab_size(c.vocab_size)
     w.add_tokenizer_model("gpt2")
     w.add_token_list(tokens)

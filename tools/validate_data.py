@@ -62,10 +62,9 @@ def main(argv=None) -> int:
         return 2
     builder = None
     if args.tokenizer:
-        from transformers import AutoTokenizer
-
         from omni_ds.data.prompt import PromptBuilder
-        builder = PromptBuilder(AutoTokenizer.from_pretrained(args.tokenizer), template=args.template,
+        from omni_ds.model.checkpoint import load_tokenizer
+        builder = PromptBuilder(load_tokenizer(args.tokenizer), template=args.template,
                                 model_max_length=args.model_max_length)
     report = validate_manifest(manifest, cfg, builder)
     for b in report.bad:

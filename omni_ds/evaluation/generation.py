@@ -13,7 +13,9 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 
+from omni_ds.hf_compat import cache_kwargs
 from omni_ds.inference import answer_text
 
 
@@ -76,9 +78,11 @@ def prefill(model, requests: list[Request]):
     embeds, mask, _ = model.embed_inputs(ids, ids_mask, None, mel, frames)
     embeds, mask = _left_pad(embeds, mask)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    # our own cache object, filled in place, under the keyword this transformers takes (hf_compat)
+    cache = cache_kwargs(model.llm.model, DynamicCache(config=model.llm.config))
     out = model.llm.model(inputs_embeds=embeds, attention_mask=additive_mask(mask, mask.shape[1], embeds.dtype),
-                          position_ids=positions, use_cache=True)
-    return out, mask, positions
+                          position_ids=positions, use_cache=True, **cache)
+    return out, mask, positions, cache
 
 
 @torch.no_grad()
@@ -86,7 +90,7 @@ def greedy_batch(model, requests: list[Request], max_new_tokens: int,
                  eos_token_ids: list[int]) -> list[tuple[list[int], Optional[torch.Tensor]]]:
     """Per request: (generated token ids incl. the EOS if reached, the states predicting them)."""
     eos = set(eos_token_ids)
-    out, mask, positions = prefill(model, requests)
+    out, mask, positions, cache = prefill(model, requests)
     n = len(requests)
     tokens: list[list[int]] = [[] for _ in range(n)]
     states: list[list[torch.Tensor]] = [[] for _ in range(n)]
@@ -105,8 +109,7 @@ def greedy_batch(model, requests: list[Request], max_new_tokens: int,
         positions = positions[:, -1:] + 1
         emb = model.llm.get_input_embeddings()(chosen[:, None])
         out = model.llm.model(inputs_embeds=emb, attention_mask=additive_mask(mask, 1, emb.dtype),
-                              position_ids=positions,
-                              past_key_values=out.past_key_values, use_cache=True)
+                              position_ids=positions, use_cache=True, **cache)
     return [(t, torch.stack(s) if s else None) for t, s in zip(tokens, states)]
 
 

@@ -25,6 +25,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, WhisperConfig
 from transformers import logging as hf_logging
 
+from omni_ds.hf_compat import legacy_rope_keys, save_portable_tokenizer
 from omni_ds.model.omni_config import OmniConfig
 from omni_ds.model.omni_model import OmniSpeechModel
 from omni_ds.model.speech_encoder import hf_to_openai_name, openai_to_hf_name
@@ -220,9 +221,7 @@ def build_from_parts(whisper_path: str | Path, llm_path: str | Path, omni_config
     model = OmniSpeechModel(omni_config, whisper_config, llm)
     cast_parameters(model, dtype)
     load_into(model.speech_encoder.encoder, enc_state, f"speech encoder from {whisper_path}")
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path or llm_path))
-    _ensure_pad_token(tokenizer)
-    return model, tokenizer
+    return model, load_tokenizer(tokenizer_path or llm_path)
 
 
 def resolve_attn_implementation(name: str) -> str:
@@ -241,7 +240,7 @@ def _load_llm(path, dtype, attn_implementation, config=None):
     quiet = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()   # LLaMA-Omni folders hold non-LLM weights: expected "unused"
     try:
-        return AutoModelForCausalLM.from_pretrained(str(path), config=config, torch_dtype=dtype,
+        return AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=dtype,
                                                     attn_implementation=attn_implementation)
     finally:
         hf_logging.set_verbosity(quiet)
@@ -256,6 +255,35 @@ def _ensure_pad_token(tokenizer) -> None:
             tokenizer.pad_token = pad
         else:
             tokenizer.pad_token = tokenizer.eos_token
+
+
+# Keys of a LLaMA-Omni config.json that are not the LLM's own.
+_OMNI_KEYS = frozenset(OmniConfig(with_speech_generator=True).to_llama_omni_keys(0)) | {
+    "omni_ds", "model_type", "architectures", "freeze_speech_projector", "tune_speech_projector", "auto_map"}
+
+
+def omni_llm_config(raw_config: dict):
+    """The LLM's config inside a LLaMA-Omni folder's config.json (the omni keys left out)."""
+    llm_type = raw_config.get("omni_ds", {}).get("llm_model_type", "llama")
+    return AutoConfig.for_model(llm_type, **{k: v for k, v in raw_config.items() if k not in _OMNI_KEYS})
+
+
+def load_tokenizer(path: str | Path, llm_config=None):
+    """The tokenizer of a LLaMA-Omni folder or of a plain LLM/tokenizer folder, pad token set.
+
+    A LLaMA-Omni folder's LLM config is handed to AutoTokenizer: transformers 5 reads config.json
+    itself, does not know model_type omni_speech2s_llama, and its generic-config fallback fails on
+    the released folder's Llama-3 rope_scaling.
+    """
+    path = Path(path)
+    if llm_config is None and (path / "config.json").is_file():
+        raw = json.loads((path / "config.json").read_text())
+        if str(raw.get("model_type", "")).startswith("omni_speech"):
+            llm_config = omni_llm_config(raw)
+    kwargs = {"config": llm_config} if llm_config is not None else {}
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
+    _ensure_pad_token(tokenizer)
+    return tokenizer
 
 
 def folder_omni_config(raw_config: dict, omni_overrides: Optional[dict] = None,
@@ -280,14 +308,7 @@ def load_omni_folder(path: str | Path, dtype: torch.dtype = torch.float32,
         raise FileNotFoundError(f"{path}: no config.json; not a LLaMA-Omni model folder")
     raw = json.loads(cfg_file.read_text())
     omni_config = folder_omni_config(raw, omni_overrides, with_speech_generator)
-    ours = raw.get("omni_ds", {})
-    llm_type = ours.get("llm_model_type", "llama")
-    omni_keys = set(omni_config.to_llama_omni_keys(0)) | {"omni_ds", "model_type", "architectures",
-                                                          "freeze_speech_projector", "tune_speech_projector",
-                                                          "speech_generator_type", "ctc_decoder_config",
-                                                          "ctc_upsample_factor", "ctc_loss_weight",
-                                                          "unit_vocab_size", "auto_map"}
-    llm_config = AutoConfig.for_model(llm_type, **{k: v for k, v in raw.items() if k not in omni_keys})
+    llm_config = omni_llm_config(raw)
     llm = _load_llm(path, dtype, attn_implementation, config=llm_config)
 
     enc_state = read_tensors(path, lambda n: n.startswith(_ENCODER_RELEASED))
@@ -314,9 +335,7 @@ def load_omni_folder(path: str | Path, dtype: torch.dtype = torch.float32,
                       f"{path}: speech_generator")
         else:
             log.info("%s has no speech_generator weights: the CTC decoder starts from random init", path)
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    _ensure_pad_token(tokenizer)
-    return model, tokenizer
+    return model, load_tokenizer(path, llm_config)
 
 
 def _check_stated_width(raw_config: dict, whisper_config: WhisperConfig, folder: Path) -> None:
@@ -354,7 +373,7 @@ def save_omni_folder(out_dir: str | Path, model: OmniSpeechModel, tokenizer,
     (tmp / "config.json").write_text(json.dumps(omni_config_json(model), indent=2, sort_keys=True))
     if getattr(model.llm, "generation_config", None) is not None:
         model.llm.generation_config.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
+    save_portable_tokenizer(tokenizer, tmp)
     if metadata is not None:
         (tmp / "omni_ds_training.json").write_text(json.dumps(metadata, indent=2, default=str))
     # Replace atomically from the reader's view: a folder is either the old one or complete.
@@ -370,7 +389,7 @@ def save_omni_folder(out_dir: str | Path, model: OmniSpeechModel, tokenizer,
 
 def omni_config_json(model: OmniSpeechModel) -> dict[str, Any]:
     cfg = model.omni_config
-    llm_cfg = model.llm.config.to_dict()
+    llm_cfg = legacy_rope_keys(model.llm.config.to_dict())
     enc_cfg = model.speech_encoder.config
     out = dict(llm_cfg)
     out.update(cfg.to_llama_omni_keys(enc_cfg.d_model))

@@ -6,8 +6,6 @@ input_proj -> causal Llama decoder layers (RoPE settings of the LLM, full multi-
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,16 +13,18 @@ from transformers import LlamaConfig, PretrainedConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
 from omni_ds.constants import IGNORE_INDEX
+from omni_ds.hf_compat import layer_hidden_states, llama_rope_kwargs, rope_parameters
 from omni_ds.model.ctc_lengths import ctc_infeasible, padded_repeats
 from omni_ds.model.omni_config import parse_ctc_decoder_config
 
-_ROPE_KEYS = ("rope_theta", "rope_scaling", "max_position_embeddings", "rms_norm_eps")
+_INHERITED_KEYS = ("max_position_embeddings", "rms_norm_eps")
 
 
 def decoder_llama_config(llm_config: PretrainedConfig, spec: str, attn_implementation: str) -> LlamaConfig:
     """A Llama config for the decoder layers that inherits the LLM's RoPE and norm settings."""
     layers, width, heads, ffn = parse_ctc_decoder_config(spec)
-    inherited = {k: copy.deepcopy(getattr(llm_config, k)) for k in _ROPE_KEYS if hasattr(llm_config, k)}
+    inherited = {k: getattr(llm_config, k) for k in _INHERITED_KEYS if hasattr(llm_config, k)}
+    inherited.update(llama_rope_kwargs(rope_parameters(llm_config)))
     cfg = LlamaConfig(hidden_size=width, intermediate_size=ffn, num_hidden_layers=layers,
                       num_attention_heads=heads, num_key_value_heads=heads, hidden_act="silu",
                       attention_bias=False, mlp_bias=False, vocab_size=1, **inherited)
@@ -92,9 +92,8 @@ class CTCSpeechGenerator(nn.Module):
         cos_sin = self.rotary_emb(x, positions)
         mask = self._causal_padding_mask(n_out, length, x.dtype, x.device)
         for layer in self.layers:
-            x = layer(x, attention_mask=mask, position_ids=positions, position_embeddings=cos_sin)
-            if isinstance(x, tuple):             # older transformers return (hidden, ...)
-                x = x[0]
+            x = layer_hidden_states(layer(x, attention_mask=mask, position_ids=positions,
+                                          position_embeddings=cos_sin))
         return self.output_proj(x), n_out
 
     @staticmethod

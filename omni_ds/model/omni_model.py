@@ -11,9 +11,10 @@ from typing import Iterator, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel, WhisperConfig
+from transformers import DynamicCache, PreTrainedModel, WhisperConfig
 
 from omni_ds.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
+from omni_ds.hf_compat import cache_kwargs, enable_activation_checkpointing
 from omni_ds.model.ctc_decoder import CTCSpeechGenerator, ctc_collapse
 from omni_ds.model.omni_config import OmniConfig
 from omni_ds.model.projector import SpeechProjector
@@ -72,7 +73,7 @@ class OmniSpeechModel(nn.Module):
         return self
 
     def gradient_checkpointing_enable(self) -> None:
-        self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(self.llm, {"use_reentrant": False})
         self.llm.config.use_cache = False
 
     def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
@@ -146,8 +147,10 @@ class OmniSpeechModel(nn.Module):
         eos = set(eos_token_ids or [])
         ids = torch.tensor([prompt_ids], device=speech_mel.device)
         embeds, mask, _ = self.embed_inputs(ids, torch.ones_like(ids), None, speech_mel[:1], speech_frames[:1])
-        out = self.llm.model(inputs_embeds=embeds, attention_mask=mask, use_cache=True)
-        past, state = out.past_key_values, out.last_hidden_state[:, -1]
+        cache = DynamicCache(config=self.llm.config)
+        with_cache = cache_kwargs(self.llm.model, cache)     # filled in place by each call
+        out = self.llm.model(inputs_embeds=embeds, attention_mask=mask, use_cache=True, **with_cache)
+        state = out.last_hidden_state[:, -1]
         tokens, states = [], []
         for _ in range(max_new_tokens):
             token = int(self.llm.lm_head(state).argmax(-1))
@@ -159,8 +162,8 @@ class OmniSpeechModel(nn.Module):
                 break
             mask = F.pad(mask, (0, 1), value=1)
             emb = self.llm.get_input_embeddings()(torch.tensor([[token]], device=ids.device))
-            out = self.llm.model(inputs_embeds=emb, attention_mask=mask, past_key_values=past, use_cache=True)
-            past, state = out.past_key_values, out.last_hidden_state[:, -1]
+            out = self.llm.model(inputs_embeds=emb, attention_mask=mask, use_cache=True, **with_cache)
+            state = out.last_hidden_state[:, -1]
         result = {"token_ids": tokens, "states": torch.stack(states) if states else None, "units": None}
         if with_units and self.speech_generator is not None and states:
             result["units"] = self.speech_generator.predict(result["states"])

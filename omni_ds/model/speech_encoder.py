@@ -15,6 +15,7 @@ from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from omni_ds.constants import N_FRAMES
+from omni_ds.hf_compat import layer_hidden_states, whisper_encoder_layer_kwargs
 
 
 def encoder_output_frames(mel_frames: torch.Tensor | int):
@@ -68,7 +69,7 @@ class WhisperSpeechEncoder(nn.Module):
         mask = torch.zeros(valid.shape, dtype=dtype, device=x.device)
         mask = mask.masked_fill(~valid, torch.finfo(dtype).min)[:, None, None, :]
         for layer in enc.layers:
-            x = layer(x, attention_mask=mask, layer_head_mask=None)[0]
+            x = layer_hidden_states(layer(x, attention_mask=mask, **whisper_encoder_layer_kwargs(layer)))
         return enc.layer_norm(x), lengths
 
 

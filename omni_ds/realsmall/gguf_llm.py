@@ -58,6 +58,8 @@ def export_gguf_llm(gguf_dir: str | Path, gguf_file: str, out_dir: str | Path,
                     dtype: torch.dtype = torch.float32) -> Path:
     """Write `out_dir`: config.json, generation_config.json, model.safetensors, tokenizer files."""
     from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from omni_ds.hf_compat import save_portable_tokenizer
     gguf_dir, out = Path(gguf_dir), Path(out_dir)
     path = gguf_dir / gguf_file
     if not path.is_file():
@@ -87,7 +89,7 @@ def export_gguf_llm(gguf_dir: str | Path, gguf_file: str, out_dir: str | Path,
                                                pad_token_id=eos_id)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
+    save_portable_tokenizer(tok, out)
     (out / "omni_ds_source.json").write_text(json.dumps(
         {"converted_from": str(path), "by": "omni_ds.realsmall.gguf_llm", "dequantized_to": str(dtype)}, indent=2))
     return out

@@ -12,6 +12,7 @@ import torch
 from transformers import (AutoTokenizer, LlamaConfig, LlamaForCausalLM, WhisperConfig,
                           WhisperFeatureExtractor, WhisperForConditionalGeneration)
 
+from omni_ds.hf_compat import save_portable_tokenizer
 from omni_ds.model.omni_config import OmniConfig
 
 TINY_CTC_DECODER = "(2,64,4,128)"
@@ -63,7 +64,7 @@ def write_tiny_llm(out_dir, tokenizer_dir, seed: int = 0, **kw) -> Path:
     model = LlamaForCausalLM(tiny_llama_config(len(tok), tok.bos_token_id, eos, **kw))
     model.generation_config.pad_token_id = tok.convert_tokens_to_ids("<|finetune_right_pad_id|>")
     model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
+    save_portable_tokenizer(tok, out)
     return out
 
 

@@ -7,7 +7,6 @@ so the written files are byte-identical run to run.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -117,6 +116,8 @@ def write_tiny_tokenizer(out_dir) -> Path:
     """Write a `PreTrainedTokenizerFast` folder loadable with `AutoTokenizer.from_pretrained`."""
     from transformers import PreTrainedTokenizerFast
 
+    from omni_ds.hf_compat import save_portable_tokenizer
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fast = PreTrainedTokenizerFast(
@@ -128,14 +129,5 @@ def write_tiny_tokenizer(out_dir) -> Path:
         chat_template=CHAT_TEMPLATE,
         clean_up_tokenization_spaces=False,
     )
-    fast.save_pretrained(str(out))
-    # Keep the chat template inside tokenizer_config.json (older loaders look only there).
-    cfg_path = out / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    if "chat_template" not in cfg:
-        cfg["chat_template"] = CHAT_TEMPLATE
-        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-    extra = out / "chat_template.jinja"
-    if extra.exists():
-        extra.unlink()
+    save_portable_tokenizer(fast, out)
     return out

@@ -152,13 +152,13 @@ class DryRun:
 
     def data(self) -> None:
         """The same validation and batching the run uses (cached audio/token index)."""
-        from transformers import AutoTokenizer
         from omni_ds.data.manifest import load_manifest
         from omni_ds.data.validate import validate_manifest
+        from omni_ds.model.checkpoint import load_tokenizer
         from omni_ds.train.data import validation_config
         cfg = self.cfg
         try:
-            tok = AutoTokenizer.from_pretrained(str(cfg.model.tokenizer_path or cfg.model.init_from or cfg.model.llm_path))
+            tok = load_tokenizer(cfg.model.tokenizer_path or cfg.model.init_from or cfg.model.llm_path)
             omni = effective_omni_config(cfg)           # the run's encoder mode and rate, not the defaults
             vcfg = validation_config(cfg, omni)
             for key in ("train_manifest", "val_manifest"):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import HubertConfig, HubertModel
 
+from omni_ds.hf_compat import layer_hidden_states
 from omni_ds.units.fairseq_checkpoint import load_fairseq_checkpoint
 from omni_ds.units.hubert_config import HubertSpec, read_spec
 
@@ -135,7 +136,7 @@ class HubertFeatureModel(nn.Module):
         # every query keeps its own row's valid keys, so no softmax row is empty.
         mask = None if bool(valid.all()) else valid[:, None, None, :]
         for block in hf.encoder.layers:
-            x = block(x, attention_mask=mask)[0]
+            x = layer_hidden_states(block(x, attention_mask=mask))
         return x, frames
 
 
