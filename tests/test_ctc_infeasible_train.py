@@ -14,6 +14,7 @@ from omni_ds.train.data import infeasible_answers
 from omni_ds.train.demo import demo_stage2_config, write_tiny_stage2_setup
 from omni_ds.train.hidden_cache import collate_cached
 from omni_ds.train.loop import InfeasibleCTC
+from omni_ds.train.recipe import shutdown_distributed
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 REPEATS = 400                                  # one unit 400 times: 399 blanks needed between them
@@ -43,7 +44,6 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory):
-    import torch.distributed as dist
     from omni_ds.train.trainer import Trainer
     root = tmp_path_factory.mktemp("ctc_infeasible")
     demo = write_tiny_stage2_setup(root / "demo", n_clips=4, val_clips=2)
@@ -57,8 +57,7 @@ def trainer(tmp_path_factory):
     t = Trainer(build_config(raw), "ds_configs/zero2.json")
     t.units = {json.loads(line)["id"]: len(json.loads(line)["units"]) for line in open(demo / "train_units.jsonl")}
     yield t
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    shutdown_distributed()          # via deepspeed.comm: the next in-process run starts clean
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)

@@ -11,6 +11,7 @@ import pytest
 from omni_ds.train.checkpointing import STATE_FILE
 from omni_ds.train.config import ConfigError, build_config
 from omni_ds.train.demo import demo_stage1_config, write_tiny_setup
+from omni_ds.train.recipe import shutdown_distributed
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -23,7 +24,6 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    import torch.distributed as dist
     root = tmp_path_factory.mktemp("resume_checks")
     demo = write_tiny_setup(root / "data", n_clips=4, val_clips=2)
     rows = (demo / "train.jsonl").read_text().splitlines()
@@ -38,8 +38,7 @@ def setup(tmp_path_factory):
     first.checkpointer.save(first.engine, 1, first.checkpoint_state())
     first.close()
     yield demo, root / "out"
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    shutdown_distributed()          # via deepspeed.comm: the next in-process run starts clean
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)

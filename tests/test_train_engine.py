@@ -11,6 +11,7 @@ import torch
 
 from omni_ds.train.config import build_config
 from omni_ds.train.demo import demo_stage1_config, write_tiny_setup
+from omni_ds.train.recipe import shutdown_distributed
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -24,7 +25,6 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     import deepspeed  # noqa: F401
-    import torch.distributed as dist
     from omni_ds.train.trainer import Trainer
     root = tmp_path_factory.mktemp("engine")
     demo = write_tiny_setup(root / "data", n_clips=4, val_clips=2)
@@ -41,8 +41,7 @@ def run(tmp_path_factory):
     r = Trainer(cfg, "ds_configs/zero2.json")
     yield r
     r.close()
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    shutdown_distributed()          # via deepspeed.comm: the next in-process run starts clean
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
