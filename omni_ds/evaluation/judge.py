@@ -55,8 +55,10 @@ class LocalJudge:
 
     def _input_ids(self, text: str) -> torch.Tensor:
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                                      add_generation_prompt=True, return_tensors="pt")
+            # rendered to text first: with tokenize=True transformers 5 returns a BatchEncoding, 4.x ids
+            prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                        add_generation_prompt=True, tokenize=False)
+            return self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
         return self.tokenizer(text, return_tensors="pt").input_ids
 
     @torch.no_grad()

@@ -101,8 +101,10 @@ def chat_answer(llm_dir: str | Path, question: str, max_new_tokens: int = 24) ->
     from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(str(llm_dir))
     model = AutoModelForCausalLM.from_pretrained(str(llm_dir), dtype=torch.float32).eval()
-    ids = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                  return_tensors="pt")
+    # rendered to text first: with tokenize=True transformers 5 returns a BatchEncoding, 4.x ids
+    prompt = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                     tokenize=False)
+    ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                          do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
