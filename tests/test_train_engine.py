@@ -103,6 +103,9 @@ def test_nonfinite_loss_stops_with_last_checkpoint_intact(run):
         _fit(run, 1)
     msg = str(e.value)
     assert "non-finite loss" in msg and f"step {step_before + 1}" in msg and str(good) in msg
+    trained = [json.loads(line)["id"] for line in open(run.cfg.data.train_manifest)]
+    named = msg.split("this rank's records: ")[1].rstrip(").").split(", ")
+    assert len(named) == 2 and set(named) <= set(trained)        # the step's micro batch of 2, by id
     assert run.checkpointer.latest() == good and sorted(p.name for p in good.iterdir()) == files_before
     assert json.loads((good / STATE_FILE).read_text())["step"] == step_before
     assert not math.isfinite(run.state.last_loss) or run.state.step == step_before + 1

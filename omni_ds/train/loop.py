@@ -63,9 +63,12 @@ def group_lrs(engine) -> dict:
     return {g.get("name", str(i)): g["lr"] for i, g in enumerate(engine.optimizer.param_groups)}
 
 
-def nonfinite_message(loss: float, grad_norm, step: int, epoch: int, step_in_epoch: int, last_checkpoint) -> str:
+def nonfinite_message(loss: float, grad_norm, step: int, epoch: int, step_in_epoch: int, last_checkpoint,
+                      record_ids: list[str] = ()) -> str:
+    shown = ", ".join(list(record_ids)[:32]) + (" ..." if len(record_ids) > 32 else "")
     return (f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step "
             f"{step} (epoch {epoch}, step {step_in_epoch} of the epoch): loss={loss}, "
             f"grad_norm={grad_norm}. Training stopped without saving; the last good checkpoint "
-            f"is {last_checkpoint or 'none (no checkpoint was written yet)'}. Lower learning_rate, use "
-            "bf16 instead of fp16, or check the data of this step.")
+            f"is {last_checkpoint or 'none (no checkpoint was written yet)'}. Lower optim.learning_rate, use "
+            "bf16 instead of fp16, or check the data of this step"
+            + (f" (this rank's records: {shown})." if record_ids else "."))

@@ -39,6 +39,13 @@ from omni_ds.train.loop import (InfeasibleCTC, LoopState, NonFiniteLoss, all_sum
 POSITION_KEYS = ("llm_positions", "samples", "encoder_frames", "speech_positions", "decoder_positions")
 
 
+def _manifest_of(dataset):
+    """The manifest behind a (possibly wrapped: RAM cache, hidden-state cache) training set."""
+    while dataset is not None and not hasattr(dataset, "manifest"):
+        dataset = getattr(dataset, "base", None) or getattr(dataset, "dataset", None)
+    return getattr(dataset, "manifest", None)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, ds_path: str, gpu: Optional[str] = None,
                  gpu_memory_gib: Optional[float] = None):
@@ -181,7 +188,7 @@ class Trainer:
         grad_norm = float(grad_norm) if grad_norm is not None else None
         if self.trace is not None:
             self.trace(self.state.step, epoch, step_in_epoch, loss, micro_batches)
-        self._check_finite(loss, grad_norm, epoch, step_in_epoch)
+        self._check_finite(loss, grad_norm, (epoch, step_in_epoch), micro_batches)
         if self.engine.device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
@@ -245,15 +252,22 @@ class Trainer:
         reduced = all_sum(local, self.engine.device)
         return reduced[0] / max(n_step, 1.0), dict(zip(POSITION_KEYS, reduced[1:]))
 
-    def _check_finite(self, loss: float, grad_norm, epoch: int, step_in_epoch: int) -> None:
+    def _check_finite(self, loss: float, grad_norm, where: tuple[int, int], micro_batches: list[dict]) -> None:
         """Same outcome on every rank (the loss is all-reduced). fp16's inf grad norm is an
-        overflow DeepSpeed skips, not a failure."""
+        overflow DeepSpeed skips, not a failure. Each rank names the records it trained on."""
         if not self.cfg.optim.stop_on_nonfinite:
             return
         bad_norm = grad_norm is not None and not math.isfinite(grad_norm) and self.cfg.precision != "fp16"
         if not math.isfinite(loss) or bad_norm:
-            raise NonFiniteLoss(nonfinite_message(loss, grad_norm, self.state.step, epoch, step_in_epoch,
-                                                  self.checkpointer.latest()))
+            raise NonFiniteLoss(nonfinite_message(loss, grad_norm, self.state.step, *where,
+                                                  self.checkpointer.latest(), self._record_ids(micro_batches)))
+
+    def _record_ids(self, micro_batches: list[dict]) -> list[str]:
+        """The manifest ids of this rank's samples in the step."""
+        manifest = _manifest_of(self.train_set)
+        ids = manifest.arrow_column("id") if manifest is not None else None
+        indices = [int(i) for b in micro_batches for i in b["sample_index"].tolist()]
+        return [ids[i].as_py() for i in indices] if ids is not None else [str(i) for i in indices]
 
     def _account(self, loss, grad_norm, pos, n_step, dt, epoch, step_in_epoch, lrs) -> dict:
         """Totals, fp16 overflow notices, and the logged scalars at the logging cadence."""
