@@ -51,3 +51,27 @@ def test_bad_records_under_on_bad_error_make_the_run_not_ready(tmp_path):
     assert rc == 1 and "dry run: NOT READY" in out, out
     assert f"bad record {rows[1]['id']}" in out and "missing file" in out
     assert "1 bad records and data.on_bad = 'error'" in out
+
+
+def test_the_dry_run_refuses_an_output_dir_it_cannot_write_and_a_manifest_with_nothing_usable(tmp_path):
+    import pytest
+    from omni_ds.train.config import ConfigError, build_config
+    d = write_tiny_stage2_setup(tmp_path / "demo")
+    (tmp_path / "taken").write_text("a file where the output folder should be")
+    rows = [dict(json.loads(line), speech_instruction_path=str(tmp_path / "gone.wav"))
+            for line in open(d / "train_units.jsonl")]
+    nothing = tmp_path / "nothing.jsonl"
+    nothing.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = tmp_path / "stage2.json"
+    path.write_text(json.dumps(demo_stage2_config(d, output_dir=str(tmp_path / "taken"), report_to=[],
+                                                  **{"data.train_manifest": str(nothing)})))
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["--config", str(path), "--ds", str(REPO / "ds_configs" / "zero2.json"), "--dry-run",
+                   "--world-size", "2"], stage=2)
+    out = buf.getvalue()
+    assert rc == 1 and "dry run: NOT READY" in out, out
+    assert f"output_dir {tmp_path / 'taken'}: is a file, not a folder" in out
+    assert "data.train_manifest" in out and "no usable records" in out
+    with pytest.raises(ConfigError, match="'output_dir' = ' ': must name a folder"):
+        build_config(demo_stage2_config(d, output_dir=" "))

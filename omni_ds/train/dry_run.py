@@ -187,6 +187,8 @@ class DryRun:
             self.cache_cost(report)
         if key == "train_manifest" and len(report.good):
             self.schedule(report)
+        elif key == "train_manifest":
+            self.problems.append(f"data.train_manifest {path}: no usable records ({report.summary()})")
 
     def cache_cost(self, report) -> None:
         """One cached state per supervised response token (the answer ids incl. its end-of-turn)."""
@@ -226,6 +228,9 @@ class DryRun:
         except (OSError, RuntimeError) as e:
             self.problems.append(f"checkpoints: {e}")
             return
+        unwritable = _unwritable(Path(cfg.output_dir))
+        if unwritable:
+            self.problems.append(f"output_dir {cfg.output_dir}: {unwritable}")
         from omni_ds.train.run_lock import held_by_other
         holder = held_by_other(cfg.output_dir)
         if holder:
@@ -246,6 +251,16 @@ class DryRun:
                 self.out(f"  {note}")
         except ConfigError as e:
             self.problems.append(str(e))
+
+
+def _unwritable(folder: Path) -> Optional[str]:
+    """Why the run could not write into `folder` (created by the run if missing), or None."""
+    if folder.exists() and not folder.is_dir():
+        return "is a file, not a folder"
+    existing = next(p for p in [folder, *folder.absolute().parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot be written ({existing} is not writable)"
+    return None
 
 
 def device_memory(gpu: Optional[str], gpu_gib: Optional[float], problems: list) -> tuple[Optional[float], str]:

@@ -33,7 +33,8 @@ class TrainConfig:
     log: LogSection = field(default_factory=LogSection)
     debug: DebugSection = field(default_factory=DebugSection)
 
-    RANGES = {"dist_timeout_minutes": (lambda v: v >= 1, "must be >= 1")}
+    RANGES = {"dist_timeout_minutes": (lambda v: v >= 1, "must be >= 1"),
+              "output_dir": (lambda v: bool(v.strip()), "must name a folder (not empty)")}
 
     def validate(self) -> "TrainConfig":
         check_section("", self)
