@@ -16,6 +16,7 @@ local rank 0 manages its own copy.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -77,6 +78,10 @@ def find_checkpoint(path: str | Path, what: str) -> Path:
     return p
 
 
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (e.g. the disk is full); the message says what is intact."""
+
+
 class CheckpointManager:
     def __init__(self, output_dir: str, keep: int, rank: int, local_rank: int, barrier, save_steps: int = 0):
         self.dir = Path(output_dir) / "checkpoints"
@@ -134,17 +139,38 @@ class CheckpointManager:
         if self.local_rank == 0 and path.exists():      # a stale partial save of the same step
             shutil.rmtree(path, ignore_errors=True)
         self.barrier()
-        engine.save_checkpoint(str(self.dir), tag=tag, client_state={"omni_ds": state}, save_latest=False)
-        torch.save(rng_state(), path / f"rng_rank{self.rank}.pt")
+        try:
+            engine.save_checkpoint(str(self.dir), tag=tag, client_state={"omni_ds": state}, save_latest=False)
+            torch.save(rng_state(), path / f"rng_rank{self.rank}.pt")
+        except (OSError, RuntimeError) as e:
+            raise self._save_failed(path, e) from e
         self.barrier()
         if crash_before_commit:                          # fault injection (tests): die mid-save
             os.kill(os.getpid(), 9)
         if self.rank == 0:
-            _write_atomic(path / STATE_FILE, json.dumps(state, indent=1, default=str))
-            _write_atomic(self.dir / LATEST, tag)
+            try:                        # atomic writes: a failure leaves the old `latest` in place
+                _write_atomic(path / STATE_FILE, json.dumps(state, indent=1, default=str))
+                _write_atomic(self.dir / LATEST, tag)
+            except OSError as e:
+                raise self._save_failed(path, e) from e
         self.barrier()
         self._rotate()
         return path
+
+    def _save_failed(self, path: Path, error: Exception) -> Exception:
+        """A full disk named as such (torch says only "file write failed"), the partial folder
+        removed to give its space back; `latest` was not touched. Other errors pass unchanged."""
+        free = shutil.disk_usage(self.dir).free
+        full = getattr(error, "errno", None) == errno.ENOSPC or free < (1 << 20) or "No space left" in str(error)
+        if not full:
+            return error
+        if self.local_rank == 0:
+            shutil.rmtree(path, ignore_errors=True)
+        latest = self.latest() if (self.dir / LATEST).is_file() else None
+        return CheckpointSaveError(
+            f"saving checkpoint {path} failed: no space left on device ({free / 1e6:.1f} MB free on its "
+            f"filesystem). The last complete checkpoint, {latest or 'none yet'}, is untouched and '{LATEST}' "
+            "still names it: free space (or set output_dir elsewhere) and rerun to resume from it")
 
     def _rotate(self) -> None:
         if self.keep and self.local_rank == 0:

@@ -97,7 +97,9 @@ def user_errors() -> tuple:
     from omni_ds.data.prompt import PromptError
     from omni_ds.data.validate import DataError
     from omni_ds.model.whisper_dims import WhisperDimsError
-    return ConfigError, DataError, ManifestError, PromptError, WhisperDimsError, FileNotFoundError
+    from omni_ds.train.checkpointing import CheckpointSaveError
+    return (ConfigError, DataError, ManifestError, PromptError, WhisperDimsError, FileNotFoundError,
+            CheckpointSaveError)
 
 
 def shutdown_distributed() -> None:
