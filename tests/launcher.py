@@ -1,4 +1,5 @@
 """Helpers for tests that start real DeepSpeed launches (shared by the multi-process tests)."""
+import contextlib
 import importlib.util
 import os
 import socket
@@ -30,3 +31,24 @@ def launcher_env() -> dict:
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_SIZE"):
         env.pop(k, None)
     return env
+
+
+@contextlib.contextmanager
+def single_rank_process_group():
+    """This process as rank 0 of a 1-rank job (what the launcher's env would say), for Trainers
+    built in the test process; afterwards the group is shut down (via deepspeed.comm, so the next
+    in-process run starts clean) and the environment restored."""
+    from omni_ds.train.recipe import shutdown_distributed
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "LOCAL_RANK": "0",
+           "WORLD_SIZE": "1", "LOCAL_SIZE": "1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        shutdown_distributed()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

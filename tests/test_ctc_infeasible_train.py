@@ -3,8 +3,6 @@ a real tiny model and DeepSpeed engine (1 CPU rank, ZeRO-2, uncached: the frozen
 step): each answer is logged with its record id and lengths and counted; "skip" trains the step on
 the other answers, "error" (or a step with nothing left) stops the run before the step."""
 import json
-import os
-import socket
 
 import pytest
 import torch
@@ -14,7 +12,7 @@ from omni_ds.train.data import infeasible_answers
 from omni_ds.train.demo import demo_stage2_config, write_tiny_stage2_setup
 from omni_ds.train.hidden_cache import collate_cached
 from omni_ds.train.loop import InfeasibleCTC
-from omni_ds.train.recipe import shutdown_distributed
+from launcher import single_rank_process_group
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 REPEATS = 400                                  # one unit 400 times: 399 blanks needed between them
@@ -36,11 +34,6 @@ class RepeatedUnits(torch.utils.data.Dataset):
         return item
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory):
@@ -50,19 +43,10 @@ def trainer(tmp_path_factory):
     raw = demo_stage2_config(demo, output_dir=str(root / "out"), cache_hidden_states=False, val_manifest=None,
                              max_steps=10, save_steps=0, report_to=[], progress_bar=False)
     raw.pop("_comment")
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0", "LOCAL_RANK": "0",
-           "WORLD_SIZE": "1", "LOCAL_SIZE": "1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    t = Trainer(build_config(raw), "ds_configs/zero2.json")
-    t.units = {json.loads(line)["id"]: len(json.loads(line)["units"]) for line in open(demo / "train_units.jsonl")}
-    yield t
-    shutdown_distributed()          # via deepspeed.comm: the next in-process run starts clean
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with single_rank_process_group():
+        t = Trainer(build_config(raw), "ds_configs/zero2.json")
+        t.units = {json.loads(line)["id"]: len(json.loads(line)["units"]) for line in open(demo / "train_units.jsonl")}
+        yield t
 
 
 def _inject(t, indices):

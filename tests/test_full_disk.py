@@ -2,9 +2,7 @@
 one message that says "no space left on device" with the path, `latest` still naming the last
 complete checkpoint, the partial folder gone."""
 import json
-import os
 import shutil
-import socket
 import subprocess
 
 import pytest
@@ -12,13 +10,7 @@ import torch
 
 from omni_ds.train.config import build_config
 from omni_ds.train.demo import demo_stage1_config, write_tiny_setup
-from omni_ds.train.recipe import shutdown_distributed
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from launcher import single_rank_process_group
 
 
 @pytest.fixture
@@ -42,11 +34,7 @@ def test_a_full_disk_during_a_save_is_named_and_latest_is_kept(tmp_path, small_d
                              global_batch_size=2, max_steps=20, save_steps=0, save_total_limit=0,
                              report_to=[], progress_bar=False, val_manifest=None)
     raw.pop("_comment")
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0", "LOCAL_RANK": "0",
-           "WORLD_SIZE": "1", "LOCAL_SIZE": "1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with single_rank_process_group():
         t = Trainer(build_config(raw), "ds_configs/zero2.json")
         t.train(until=1)
         first = t.checkpointer.save(t.engine, 1, t.checkpoint_state())        # fits: ~1/3 of the disk
@@ -63,8 +51,4 @@ def test_a_full_disk_during_a_save_is_named_and_latest_is_kept(tmp_path, small_d
         assert not (t.checkpointer.dir / "step_000002").exists() and t.checkpointer.latest() == first
         assert json.loads((first / "omni_ds_state.json").read_text())["step"] == 1
         t.close()
-    finally:
-        shutdown_distributed()
-        for k, v in old.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     assert torch.load(first / "rng_rank0.pt", weights_only=False) is not None

@@ -3,23 +3,16 @@ changed seed / training manifest / global batch are refused in one message namin
 ways out; checkpoint.accept_changes resumes anyway; an unchanged resume, and one from a checkpoint
 saved before the check existed (with a notice), resume. Real tiny stage-1 Trainers, 1 CPU rank."""
 import json
-import os
-import socket
 
 import pytest
 
 from omni_ds.train.checkpointing import STATE_FILE
 from omni_ds.train.config import ConfigError, build_config
 from omni_ds.train.demo import demo_stage1_config, write_tiny_setup
-from omni_ds.train.recipe import shutdown_distributed
+from launcher import single_rank_process_group
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -29,21 +22,12 @@ def setup(tmp_path_factory):
     rows = (demo / "train.jsonl").read_text().splitlines()
     edited = [json.dumps(dict(json.loads(rows[0]), text_response="An edited answer."))] + rows[1:]
     (demo / "train_edited.jsonl").write_text("\n".join(edited) + "\n")
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0", "LOCAL_RANK": "0",
-           "WORLD_SIZE": "1", "LOCAL_SIZE": "1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    first = _trainer(demo, root / "out")
-    first.train(until=1)
-    first.checkpointer.save(first.engine, 1, first.checkpoint_state())
-    first.close()
-    yield demo, root / "out"
-    shutdown_distributed()          # via deepspeed.comm: the next in-process run starts clean
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with single_rank_process_group():
+        first = _trainer(demo, root / "out")
+        first.train(until=1)
+        first.checkpointer.save(first.engine, 1, first.checkpoint_state())
+        first.close()
+        yield demo, root / "out"
 
 
 def _config(demo, out, **overrides):

@@ -3,23 +3,16 @@ parameter groups read back from the optimizer, the frozen encoder gets no gradie
 optimizer state, and a non-finite loss stops training with the last good checkpoint intact."""
 import json
 import math
-import os
-import socket
 
 import pytest
 import torch
 
 from omni_ds.train.config import build_config
 from omni_ds.train.demo import demo_stage1_config, write_tiny_setup
-from omni_ds.train.recipe import shutdown_distributed
+from launcher import single_rank_process_group
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,19 +27,10 @@ def run(tmp_path_factory):
                              report_to=[], progress_bar=False, val_manifest=None)
     raw.pop("_comment")
     cfg = build_config(raw)
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0", "LOCAL_RANK": "0",
-           "WORLD_SIZE": "1", "LOCAL_SIZE": "1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    r = Trainer(cfg, "ds_configs/zero2.json")
-    yield r
-    r.close()
-    shutdown_distributed()          # via deepspeed.comm: the next in-process run starts clean
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with single_rank_process_group():
+        r = Trainer(cfg, "ds_configs/zero2.json")
+        yield r
+        r.close()
 
 
 def _fit(r, steps):

@@ -8,11 +8,14 @@ validation's unit edit distance measures how well the training samples are fitte
 
 Runs, shared by the tests of this module (all 2 ranks, fp32, global batch 4, ZeRO-2 unless said):
     cached    cache_hidden_states (fp32 cache), the demo's cosine schedule, STEPS steps, eval at the end
-    uncached  ZeRO-3, no cache (the frozen LLM runs inside each step, partitioned), constant lr, 3 steps
+    uncached  ZeRO-3, no cache (the frozen LLM runs inside each step, partitioned), constant lr, 3 steps,
+              a checkpoint at step 2
+    resumed   uncached's step-2 checkpoint alone in a new output_dir: resumes and runs step 3
     rerun     the cache dir of `cached` (train cache reused), constant lr, 3 steps, a val manifest
               with one unit changed (new val cache)
 """
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -57,7 +60,7 @@ def runs(tmp_path_factory):
     cfgs = {
         "cached": demo_stage2_config(d, output_dir=str(out["cached"]), max_steps=STEPS, **common),
         "uncached": demo_stage2_config(d, output_dir=str(out["uncached"]), cache_hidden_states=False,
-                                       val_manifest=None, **short),
+                                       val_manifest=None, **dict(short, save_steps=2, save_total_limit=2)),
         "rerun": demo_stage2_config(d, output_dir=str(out["rerun"]),
                                     val_manifest=str(root / "val_changed.jsonl"), **short),
     }
@@ -66,6 +69,11 @@ def runs(tmp_path_factory):
     parts = {p: p.stat().st_mtime_ns for p in (d / "runs" / "hidden_cache").rglob("*")}
     summaries["uncached"] = launch(cfgs["uncached"], root / "uncached.json", ds="zero3")
     summaries["rerun"] = launch(cfgs["rerun"], root / "rerun.json")
+    out["resumed"] = root / "resumed"
+    shutil.copytree(out["uncached"] / "checkpoints" / "step_000002", out["resumed"] / "checkpoints" / "step_000002")
+    (out["resumed"] / "checkpoints" / "latest").write_text("step_000002")
+    cfgs["resumed"] = dict(cfgs["uncached"], output_dir=str(out["resumed"]))
+    summaries["resumed"] = launch(cfgs["resumed"], root / "resumed.json", ds="zero3")
     return {"demo": d, "out": out, "summary": summaries, "cfg": cfgs, "cache_files": parts}
 
 
@@ -87,6 +95,38 @@ def test_only_the_decoder_changes_and_holds_optimizer_state(runs):
     n_decoder = sum(final[k].numel() for k in decoder)
     assert summary["optimizer_state_params"] == {"speech_generator": n_decoder}
     assert summary["params"]["trainable"] == n_decoder
+
+
+def _checkpoint_files(step_dir: Path) -> dict:
+    return {f.name: torch.load(f, map_location="cpu", weights_only=False) for f in step_dir.glob("*model_states.pt")}
+
+
+@pytest.mark.parametrize("run,step", [("cached", STEPS), ("uncached", 2)])
+def test_checkpoints_hold_the_decoder_and_its_optimizer_only(runs, run, step):
+    """The frozen encoder, projector and LLM are rebuilt from init_from at resume: a checkpoint
+    holds the decoder's weights and optimizer states, nothing else (ZeRO-2 and ZeRO-3)."""
+    from safetensors.torch import load_file
+    ckpt = runs["out"][run] / "checkpoints" / f"step_{step:06d}"
+    for name, st in _checkpoint_files(ckpt).items():
+        # (ZeRO-3 keeps the weights in the optimizer's partitions: its module entries are empty)
+        assert st["module"] and all(k.startswith("speech_generator.") for k in st["module"]), \
+            (name, [k for k in st["module"] if not k.startswith("speech_generator.")][:5])
+        assert not st.get("frozen_param_fragments") and not st.get("frozen_param_shapes"), name
+    final = load_file(runs["out"]["cached"] / "final" / "model.safetensors")
+    decoder_bytes = sum(v.numel() * 4 for k, v in final.items() if k.startswith("speech_generator."))
+    all_bytes = sum(v.numel() * v.element_size() for v in final.values())
+    size = sum(f.stat().st_size for f in ckpt.iterdir() if f.is_file())
+    # fp32 weights + fp32 master + Adam's two moments = 4x the decoder, plus pickling overhead;
+    # the frozen weights alone (all - decoder) would not fit in the margin
+    assert size < 4 * decoder_bytes + 200_000 < 4 * decoder_bytes + (all_bytes - decoder_bytes), \
+        (size, decoder_bytes, all_bytes)
+
+
+def test_resume_from_a_decoder_only_checkpoint_is_exact(runs):
+    """ZeRO-3, no cache: step 3 after resuming from step 2 equals step 3 of the uninterrupted run."""
+    resumed = runs["summary"]["resumed"]
+    assert resumed["status"] == "completed" and resumed["resumed_from"].endswith("step_000002")
+    assert losses(runs["out"]["resumed"]) == pytest.approx(losses(runs["out"]["uncached"])[2:], rel=1e-6)
 
 
 def test_decoder_overfits_the_training_units(runs):

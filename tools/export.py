@@ -4,8 +4,9 @@
     python tools/export.py --checkpoint runs/stage1/checkpoints/step_000400 --out ... [--dtype bf16]
 
 ZeRO-2 and ZeRO-3 shards are consolidated to fp32 on the CPU with DeepSpeed's zero_to_fp32
-(trainable params from the optimizer's fp32 partitions, frozen ones from the model files), loaded
-into a model built from the run's own training config (saved in the checkpoint), and written with
+(the trained params, from the optimizer's fp32 partitions), loaded into a model built from the
+run's own training config (saved in the checkpoint), whose folders give the frozen params (they
+are not in the checkpoint; their digest must match the one it recorded), and written with
 `save_omni_folder` (config.json with LLaMA-Omni keys, safetensors with LLaMA-Omni names,
 tokenizer). Needs CPU memory for the fp32 model (~4 bytes/param) and no GPU.
 """
@@ -51,6 +52,30 @@ def _out_problem(out: Path, overwrite: bool) -> Optional[str]:
     return None
 
 
+def _check_matches(ckpt: Path, state: dict, model, full: dict, accept_change: bool) -> None:
+    """The checkpoint holds the trained parameters; the frozen ones come from the folders the
+    run started from (built into `model`), which must be the folders the checkpoint was trained on."""
+    from omni_ds.train.checkpointing import frozen_names
+    from omni_ds.train.resume_check import model_digest
+    own = model.state_dict()
+    missing = sorted(set(own) - set(full) - frozen_names(model))
+    unexpected = sorted(set(full) - set(own))
+    if missing or unexpected:
+        raise SystemExit(f"error: checkpoint {ckpt} does not match the model of its config: "
+                         f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    saved = state.get("resume_identity", {}).get("model")
+    if set(own) - set(full) and saved and saved != model_digest(state["config"]["model"]) and not accept_change:
+        raise SystemExit(f"error: checkpoint {ckpt} holds the trained parameters only; the frozen ones come from "
+                         f"the folders its config names ({_folders(state['config']['model'])}), which changed "
+                         "since it was saved (a digest of their files; a copy with new mtimes counts as changed): "
+                         "export with the folders it was trained from, or pass --accept-model-change")
+
+
+def _folders(model: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in model.items() if k.endswith(("_path", "init_from")) and v)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True,
@@ -62,6 +87,8 @@ def main(argv=None) -> int:
                          "never replaced")
     ap.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16",
                     help="dtype of the written weights (default bf16, as released)")
+    ap.add_argument("--accept-model-change", action="store_true",
+                    help="export even though the folders the frozen weights come from changed since training")
     args = ap.parse_args(argv)
     problem = _out_problem(Path(args.out), args.overwrite)
     if problem:
@@ -82,14 +109,8 @@ def main(argv=None) -> int:
     full = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
     # skeleton + tokenizer from the run's config, in fp32: the checkpoint's masters are fp32
     model, tokenizer = build_model(cfg, {}, dtype=torch.float32)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(full))
-    unexpected = sorted(set(full) - set(own))
-    if missing or unexpected:
-        raise SystemExit(f"error: checkpoint {ckpt} does not match the model of its config: "
-                         f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
-    model.load_state_dict({k: v.contiguous() for k, v in full.items()}, strict=True)
+    _check_matches(ckpt, state, model, full, args.accept_model_change)
+    model.load_state_dict({k: v.contiguous() for k, v in full.items()}, strict=False)
     dtype = torch_dtype(args.dtype)
     out = save_omni_folder(args.out, model, tokenizer, metadata={
         "exported_from": str(ckpt), "step": state["step"], "stage": cfg.stage, "loss": state.get("loss"),

@@ -2,7 +2,11 @@
 
 Layout under `output_dir/checkpoints/`:
 
-    step_000200/            DeepSpeed files (model, optimizer and scheduler shards per rank)
+    step_000200/            DeepSpeed files (model, optimizer and scheduler shards per rank):
+                            the TRAINED parameters only. Frozen ones (the Whisper encoder; in
+                            stage 2 the LLM and projector too) are rebuilt from the folders the
+                            run starts from, whose digest the resume identity holds, so a resume
+                            or an export from changed folders is refused rather than mixed.
         rng_rank{r}.pt      each rank's RNG states (python, numpy, torch, accelerator)
         omni_ds_state.json  step, data position, config, resume identity (omni_ds.train.resume_check);
                             written LAST, after every rank finished
@@ -22,6 +26,7 @@ import os
 import random
 import re
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -140,7 +145,8 @@ class CheckpointManager:
             shutil.rmtree(path, ignore_errors=True)
         self.barrier()
         try:
-            engine.save_checkpoint(str(self.dir), tag=tag, client_state={"omni_ds": state}, save_latest=False)
+            engine.save_checkpoint(str(self.dir), tag=tag, client_state={"omni_ds": state}, save_latest=False,
+                                   exclude_frozen_parameters=True)
             torch.save(rng_state(), path / f"rng_rank{self.rank}.pt")
         except (OSError, RuntimeError) as e:
             raise self._save_failed(path, e) from e
@@ -185,7 +191,8 @@ class CheckpointManager:
         return json.loads((path / STATE_FILE).read_text())
 
     def load(self, engine, path: Path) -> dict:
-        load_path, client = engine.load_checkpoint(str(path.parent), tag=path.name)
+        load_path, client = engine.load_checkpoint(str(path.parent), tag=path.name,
+                                                   custom_load_fn=partial(load_trained, source=path))
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
         state = self.read_state(path)
@@ -193,6 +200,21 @@ class CheckpointManager:
         if rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=True))
         return state
+
+
+def frozen_names(module) -> set[str]:
+    return {n for n, p in module.named_parameters() if not p.requires_grad}
+
+
+def load_trained(src: dict, dst, source) -> None:
+    """A checkpoint's module weights into the model: what it lacks must be frozen (built from
+    the run's folders); anything else missing, or a key the model lacks, is an error. Older
+    checkpoints that hold the frozen weights too load as they are."""
+    result = dst.load_state_dict(src, strict=False)
+    missing = sorted(set(result.missing_keys) - frozen_names(dst))
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"checkpoint {source} does not match the model: trained parameters missing "
+                           f"{missing[:5]}, unexpected keys {sorted(result.unexpected_keys)[:5]}")
 
 
 def _write_atomic(path: Path, text: str) -> None:
