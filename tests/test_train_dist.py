@@ -203,3 +203,18 @@ def test_dry_run_catches_8b_zero2_on_four_l40(tmp_path, runs, capsys, monkeypatc
     assert main(args + ["ds_configs/zero3.json"], stage=1) == 0
     z3 = capsys.readouterr().out
     assert "FITS" in z3 and "dry run: OK" in z3, z3
+
+
+def test_export_refuses_a_checkpoint_whose_frozen_source_changed(runs, tmp_path, capsys):
+    """The checkpoint lacks the frozen encoder: export takes it from the run's folders, so a digest
+    that no longer matches them is refused (here the checkpoint's record is altered instead)."""
+    ckpt = tmp_path / "checkpoints" / "step_000006"
+    shutil.copytree(runs["out"]["z3"] / "checkpoints" / "step_000006", ckpt)
+    state = json.loads((ckpt / "omni_ds_state.json").read_text())
+    state["resume_identity"]["model"] = "0" * 16
+    (ckpt / "omni_ds_state.json").write_text(json.dumps(state))
+    export = load_tool("export")
+    with pytest.raises(SystemExit) as e:
+        export.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "a")])
+    assert "holds the trained parameters only" in str(e.value) and "--accept-model-change" in str(e.value)
+    assert export.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "b"), "--accept-model-change"]) == 0
