@@ -54,6 +54,8 @@ class Trainer:
                                          memory_check, seed_everything, start_distributed)
         self.cfg = cfg
         self.rank, self.world, self.local_rank = start_distributed(cfg)
+        from omni_ds.train.stall_watch import start_stall_watch
+        self.stall_watch = start_stall_watch(self.rank, self.world, cfg.dist_timeout_minutes, self._latest)
         seed_everything(cfg.seed)
         self.ds = load_ds_config(ds_path, cfg, self.world, _llm_hidden_size(cfg))
         self.micro, self.gas, self.global_batch = cfg.batch_geometry(self.world)
@@ -86,6 +88,10 @@ class Trainer:
     def log(self, msg: str) -> None:
         if self.rank == 0:
             print(f"[omni_ds] {msg}", flush=True)
+
+    def _latest(self):
+        checkpointer = getattr(self, "checkpointer", None)
+        return checkpointer.latest() if checkpointer is not None else None
 
     def _schedule(self) -> tuple[int, int]:
         from omni_ds.train.schedule import plan_steps
@@ -357,6 +363,8 @@ class Trainer:
             self.trace.close()
         if dist.is_initialized():
             dist.barrier()
+        if self.stall_watch is not None:      # after the last collective: a finished peer is not a stall
+            self.stall_watch.stop()
 
 
 def _llm_hidden_size(cfg: TrainConfig) -> Optional[int]:

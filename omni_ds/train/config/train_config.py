@@ -22,8 +22,10 @@ class TrainConfig:
     """Every parameter, trainable and frozen, in this precision; fp16 uses dynamic loss scaling."""
     seed: int = 42
     """Python, NumPy and torch seeds, and the data order (with the epoch)."""
-    dist_timeout_minutes: int = 60
-    """How long a collective may wait for a slow rank before the run fails."""
+    dist_timeout_minutes: float = 60
+    """How long a collective may wait for a slow rank before the run fails, and how long a rank
+    may be silent (no heartbeat: stopped, frozen) before the job ends naming it (exit 3;
+    omni_ds.train.stall_watch). Fractions of a minute are allowed."""
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     batch: BatchSection = field(default_factory=BatchSection)
@@ -33,7 +35,7 @@ class TrainConfig:
     log: LogSection = field(default_factory=LogSection)
     debug: DebugSection = field(default_factory=DebugSection)
 
-    RANGES = {"dist_timeout_minutes": (lambda v: v >= 1, "must be >= 1"),
+    RANGES = {"dist_timeout_minutes": (lambda v: v > 0, "must be > 0"),
               "output_dir": (lambda v: bool(v.strip()), "must name a folder (not empty)")}
 
     def validate(self) -> "TrainConfig":
