@@ -88,10 +88,14 @@ def test_file_vanishing_after_validation(manifest, tok):
     ds = OmniSpeechDataset(manifest, builder, ValidationConfig())
     gone = manifest[1]["speech_path"]
     os.remove(gone)
-    item = ds[1]                                   # skip policy: the next good record stands in
-    assert item["sample_index"] == 2
-    assert ds.load_failures == [("m.jsonl:1", ds.load_failures[0][1])]
-    assert "record m.jsonl:1" in ds.load_failures[0][1] and gone in ds.load_failures[0][1]
+    item = ds[1]                                   # skip policy: a marker, no record stands in
+    assert item["sample_index"] == 1 and set(item) == {"load_failed", "sample_index"}
+    assert "record m.jsonl:1" in item["load_failed"] and gone in item["load_failed"]
+    batch = OmniCollator(tok.pad_token_id)([ds[0], ds[1], ds[2]])
+    assert batch["sample_index"].tolist() == [0, 2] and batch["input_ids"].shape[0] == 2
+    assert batch["load_failures"] == [item["load_failed"]]
+    with pytest.raises(DataError, match="every record of a micro-batch failed to load"):
+        OmniCollator(tok.pad_token_id)([ds[1]])
     strict = OmniSpeechDataset(manifest, builder, ValidationConfig(on_bad="error"),
                                report=ds.report)
     with pytest.raises(DataError, match=r"record m.jsonl:1 \(manifest index 1\)") as e:

@@ -5,7 +5,9 @@ tokens (the speech placeholders included), speech_mel [S, n_mels, T] with one ro
 segment (S = B for single-turn items, one per human turn for dialogues, row by row in order;
 T = 3000 padded, the batch's longest clip in trimmed mode), speech_frames [S], units [N, U] padded
 with -100 in stage 2 (one row per answer, in the same order), and sample_index [B] (manifest
-indices; the trainer checks exact resume with it, the model ignores it).
+indices; the trainer checks exact resume with it, the model ignores it). Items that failed to
+load (a `load_failed` marker from the dataset under data.on_bad = "skip") are left out and their
+reasons listed in `load_failures`; a micro-batch with no item left is a DataError.
 
 An item holds one segment (`speech_mel` a tensor, `units` a tensor) or a dialogue's segments and
 answers (lists of them).
@@ -36,6 +38,11 @@ class OmniCollator:
         self.pad_token_id = int(pad_token_id)
 
     def __call__(self, items: list[dict]) -> dict:
+        failures = [it["load_failed"] for it in items if "load_failed" in it]
+        items = [it for it in items if "load_failed" not in it]
+        if not items:
+            from omni_ds.data.validate import DataError
+            raise DataError(f"every record of a micro-batch failed to load (has the data moved?): {'; '.join(failures)}")
         ids = _pad_1d([it["input_ids"] for it in items], self.pad_token_id)
         lengths = torch.tensor([len(it["input_ids"]) for it in items])
         batch = {
@@ -48,6 +55,8 @@ class OmniCollator:
         if "units" in items[0]:
             batch["units"] = _pad_1d(spread(items, "units"), IGNORE_INDEX)
         batch["sample_index"] = torch.tensor([int(it["sample_index"]) for it in items], dtype=torch.long)
+        if failures:
+            batch["load_failures"] = failures
         return batch
 
     @staticmethod

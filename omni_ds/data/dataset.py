@@ -3,8 +3,9 @@
 Only records that passed validation are exposed (index i -> manifest record `indices[i]`), so
 planning never decodes audio. A record that still fails when it is loaded (a file changed after
 validation) follows the bad-record policy: "error" raises `DataError` naming its id and reason;
-"skip" logs the id and reason, counts it in `load_failures`, and returns the next good record in
-its place, so batch shapes and the step count stay as planned.
+"skip" returns a failure marker in its place (`load_failed`: id and reason), which the collator
+leaves out of the batch and lists under `load_failures`, so the trainer logs and counts it. No
+other record stands in for it: each sample trains at most once per epoch.
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from omni_ds.data.prompt import PromptBuilder
 from omni_ds.data.validate import DataError, ValidationConfig, ValidationReport, turn_units, validate_manifest
 
 log = logging.getLogger("omni_ds.data")
-_MAX_FALLBACKS = 16
 
 
 class OmniSpeechDataset(torch.utils.data.Dataset):
@@ -32,7 +32,6 @@ class OmniSpeechDataset(torch.utils.data.Dataset):
         self.indices = self.report.good                       # manifest index per item
         self.lengths = self.report.lengths[self.indices]      # planning lengths per item
         self.n_skipped = len(self.report.bad)
-        self.load_failures: list[tuple[str, str]] = []        # (id, reason), this process only
         if len(self.indices) == 0:
             raise DataError(f"{manifest.path}: no usable records ({self.report.summary()})")
         if self.n_skipped:
@@ -79,12 +78,8 @@ class OmniSpeechDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         if self.cfg.on_bad == "error":
             return self.load(i)
-        for k in range(_MAX_FALLBACKS):
-            j = (int(i) + k) % len(self)
-            try:
-                return self.load(j)
-            except DataError as e:
-                self.load_failures.append((e.record_id, str(e)))
-                log.warning("skipping bad record at load time: %s", e)
-        raise DataError(f"{_MAX_FALLBACKS} consecutive records failed to load from item {i}: "
-                        + "; ".join(r for _, r in self.load_failures[-_MAX_FALLBACKS:]))
+        try:
+            return self.load(i)
+        except DataError as e:
+            log.warning("skipping a record that failed to load: %s", e)
+            return {"load_failed": str(e), "sample_index": int(self.indices[i])}

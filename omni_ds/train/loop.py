@@ -39,6 +39,7 @@ class LoopState:
     model_flops: float = 0.0
     skipped_steps: int = 0
     ctc_infeasible: int = 0           # stage-2 answers left out of their step (no CTC alignment)
+    load_failures: int = 0            # records left out of their step: they failed to load
 
 
 def all_sum(values: list[float], device) -> list[float]:

@@ -136,6 +136,7 @@ class Trainer:
         saved = ckpt.load(self.engine, source)
         state.step, state.samples, state.tokens = saved["step"], saved["samples"], saved["tokens"]
         state.ctc_infeasible = saved.get("ctc_infeasible", 0)
+        state.load_failures = saved.get("load_failures", 0)
         self.stream.epoch, self.stream.step_in_epoch = saved["data"]["epoch"], saved["data"]["step_in_epoch"]
         self.log(f"resumed from {source} at step {state.step} (epoch {self.stream.epoch}, "
                  f"step {self.stream.step_in_epoch} of {self.stream.steps_in_epoch(self.stream.epoch)})")
@@ -157,7 +158,7 @@ class Trainer:
         return {"step": st.step, "samples": st.samples, "tokens": st.tokens, "data": self.stream.position(),
                 "global_batch": self.global_batch, "num_samples": len(self.train_set), "loss": st.last_loss,
                 "world_size": self.world, "config": self.cfg.to_dict(), "ctc_infeasible": st.ctc_infeasible,
-                "resume_identity": self.identity}
+                "load_failures": st.load_failures, "resume_identity": self.identity}
 
     # ---- the loop ----------------------------------------------------------------------------------
     def train(self, until: Optional[int] = None) -> LoopState:
@@ -183,7 +184,9 @@ class Trainer:
         t0 = time.perf_counter()
         epoch, step_in_epoch, micro_batches = self.stream.next_step()
         targets, infeasible = self._step_targets(micro_batches)
-        n_step, n_infeasible = all_sum([sum(targets), len(infeasible)], self.engine.device)
+        failed = self._load_failures(micro_batches)
+        n_step, n_infeasible, n_failed = all_sum([sum(targets), len(infeasible), len(failed)], self.engine.device)
+        self.state.load_failures += int(n_failed)
         if n_infeasible:
             self._on_infeasible(micro_batches, infeasible, int(n_infeasible), n_step, (epoch, step_in_epoch))
         lrs = group_lrs(self.engine)                 # the lrs this step's update uses
@@ -211,6 +214,15 @@ class Trainer:
             targets.append(count_targets(batch, self.cfg.stage) - sum(a.n_units for a in found))
             bad += [(i, a) for a in found]
         return targets, bad
+
+    def _load_failures(self, micro_batches: list[dict]) -> list[str]:
+        """Records of this step that failed to load (audio gone since validation; data.on_bad =
+        "skip"): left out of their micro-batch, each named here by the rank that met it."""
+        failed = [f for b in micro_batches for f in b.pop("load_failures", [])]
+        for reason in failed:
+            print(f"[omni_ds rank {self.rank}] step {self.state.step + 1}: skipped a record that failed to load: "
+                  f"{reason}", file=sys.stderr, flush=True)
+        return failed
 
     def _on_infeasible(self, micro_batches: list[dict], bad: list, n_bad: int, n_step: float, where) -> None:
         """Log this rank's infeasible answers, count the step's (all ranks), apply the policy:
@@ -299,6 +311,8 @@ class Trainer:
                    "hfu": mfu(hw_flops, dt, world, self.peak_tflops),
                    "tflops_per_device": model_flops / dt / world / 1e12, "max_memory_gib": max_memory_gib(),
                    "skipped_steps": skipped, **{f"lr/{k}": v for k, v in lrs.items()}}
+        if st.load_failures:
+            scalars["load_failures"] = st.load_failures
         if self.cfg.stage == 2:
             scalars["ctc_infeasible"] = st.ctc_infeasible
         if st.step % self.cfg.log.every_steps == 0 or st.step == self.total_steps:
@@ -355,6 +369,7 @@ class Trainer:
             "checkpoint": str(latest) if latest else None,
             "skipped_steps": int(getattr(self.engine, "skipped_steps", 0) or 0),     # fp16 loss-scale overflows
             "ctc_infeasible_answers": st.ctc_infeasible,
+            "load_failures": st.load_failures,          # records skipped because they failed to load
             **self.info}
 
     def close(self, summary: Optional[dict] = None) -> None:
