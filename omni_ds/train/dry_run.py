@@ -238,6 +238,12 @@ class DryRun:
         self.out(f"  checkpoints: {'resume from ' + str(where) if where else 'fresh start'} "
                  f"(output_dir {cfg.output_dir}, every {cfg.checkpoint.every_steps or 'end only'} steps, keep "
                  f"{cfg.checkpoint.keep_last})")
+        if where is not None:
+            from omni_ds.train.checkpoint_files import check_checkpoint
+            try:                            # every shard there and readable, at this world size
+                check_checkpoint(where, CheckpointManager.read_state(where), self.world)
+            except ConfigError as e:
+                self.problems.append(str(e))
         if where is not None and self.train_data is not None:
             self.resume_check(where)
 

@@ -58,6 +58,7 @@ class Trainer:
         self.stall_watch = start_stall_watch(self.rank, self.world, cfg.dist_timeout_minutes, self._latest)
         seed_everything(cfg.seed)
         self.ds = load_ds_config(ds_path, cfg, self.world, _llm_hidden_size(cfg))
+        self._load_universal_if_resuming_from_one()
         self.micro, self.gas, self.global_batch = cfg.batch_geometry(self.world)
         check = memory_check(cfg, self.ds, self.rank, self.world, self.micro, gpu, gpu_memory_gib)
         self.model, self.tokenizer = build_model(cfg, self.ds)
@@ -88,6 +89,19 @@ class Trainer:
     def log(self, msg: str) -> None:
         if self.rank == 0:
             print(f"[omni_ds] {msg}", flush=True)
+
+    def _load_universal_if_resuming_from_one(self) -> None:
+        """A universal checkpoint (tools/convert_checkpoint.py) loads through DeepSpeed's universal
+        path, which the engine must be built for."""
+        from omni_ds.train.checkpoint_files import is_universal
+        from omni_ds.train.checkpointing import CheckpointManager
+        try:
+            source = CheckpointManager(self.cfg.output_dir, 0, self.rank, self.local_rank, lambda: None).resolve(
+                self.cfg.checkpoint.resume)
+        except (OSError, RuntimeError):
+            return                                   # _restore reports it
+        if source is not None and is_universal(source):
+            self.ds.setdefault("checkpoint", {})["load_universal"] = True
 
     def _latest(self):
         checkpointer = getattr(self, "checkpointer", None)
@@ -129,8 +143,10 @@ class Trainer:
         source = ckpt.resolve(self.cfg.checkpoint.resume)
         if source is None:
             return ckpt, state, None
+        from omni_ds.train.checkpoint_files import check_checkpoint
         from omni_ds.train.resume_check import check_resume
         # before any weights load: a refused resume costs nothing
+        check_checkpoint(source, ckpt.read_state(source), self.world)
         for note in check_resume(ckpt.read_state(source), self.identity, self.cfg, source):
             self.log(note)
         saved = ckpt.load(self.engine, source)
