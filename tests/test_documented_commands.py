@@ -32,6 +32,7 @@ ELSEWHERE = {
     "deepspeed --hostfile launch/hostfile.example launch/stage1.py": ("tests/test_train_dist.py", "two_node"),
     # it needs Piper, which test_synthesize_data.py uses when installed (and skips, saying so, when not)
     "python tools/synthesize_data.py": ("tests/test_synthesize_data.py", "test_layout_filter_counts_and_validation"),
+    "bash bench/gpu_check.sh OUT --tiny": ("tests/test_bench_gpu.py", "test_gpu_check_tiny_end_to_end"),
 }
 # commands whose documented outcome is not exit 0: (exit code, what the output must say)
 EXPECT = {"python tools/estimate_memory.py --gpus 4 --gpu L40 --zero 2": (1, "DOES NOT FIT")}
