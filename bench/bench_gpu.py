@@ -7,14 +7,17 @@ and DeepSpeed (ZeRO-2), random weights at real widths, and unit extraction in fp
 
 Parts, in this order (each in its own process, time-boxed; a part that fails or runs out of time
 is recorded and the rest go on; parts whose model folder failed are skipped):
-  - units: random full-size mHuBERT Base (768 wide, 12 layers), synthetic clips; audio-s/s of the
-    batched extractor in fp32, bf16 and fp16, and the share of frames with fp32's unit;
+  - data: 128 synthetic clips of 3-10 s with ~100-token answers and unit targets;
+  - units: random full-size mHuBERT Base (768 wide, 12 layers); audio-s/s of the batched
+    extractor in fp32, bf16 and fp16, and the share of frames with fp32's unit;
+  then for Llama-3.1-8B, then Llama-3.2-1B:
   - prepare:<shape>: a random-weight LLaMA-Omni folder: Whisper-large-v3's encoder (1280 wide, 32
-    layers) + projector + Llama-3.2-1B (all 16 layers) or Llama-3.1-8B (as many of its 32 layers as
+    layers) + projector + the LLM (1B: all 16 layers; 8B: as many of its 32 layers as
     omni_ds.train.memory's estimate fits in 75 % of the device with recompute), bf16;
-  - s1:<shape>:<padded|trimmed>:<attn>: stage-1 steps (projector + LLM train), encoder padded to
-    30 s (the official recipe) or trimmed to each clip, SDPA, and flash-attention 2 when installed;
-  - s2:<shape>:padded:sdpa: stage-2 steps (the 425 M CTC decoder trains on the frozen model).
+  - s1:<shape>:padded:<attn>: stage-1 steps (projector + LLM train), encoder padded to 30 s (the
+    official recipe), SDPA, and flash-attention 2 when installed;
+  - s2:<shape>:padded:sdpa: stage-2 steps (the 425 M CTC decoder trains on the frozen model);
+  - s1:<shape>:trimmed:<attn>: stage-1 steps with the encoder trimmed to each clip.
 Each step part prints the medians over its measured steps (after warm-up) of the Trainer's own
 scalars: tokens/s (LLM positions), samples/s, MFU and HFU (omni_ds/train/flops.py's FLOPs model
 against the device's data-sheet bf16 peak), the stage-2 decoder positions/s; and the peak memory
@@ -236,8 +239,11 @@ def main(argv=None) -> int:
                "wall_s": round(time.time() - t_start, 1), "parts": results}
     if args.setup_json:
         figures = {"setup": json.loads(Path(args.setup_json).read_text()), **figures}
+    figures["ratios"] = ratios(results)
     (out / "gpu_figures.json").write_text(json.dumps(figures, indent=2, default=str))
     print(table(results))
+    for line in figures["ratios"]:
+        print(f"[bench_gpu] {line}")
     print(f"[bench_gpu] figures: {out / 'gpu_figures.json'}; log: {log_path}")
     return 0
 
@@ -284,6 +290,29 @@ def one_line(r: dict) -> str:
     if "llm_layers" in r:
         return f"ok {r['seconds']} s; {r['llm_layers']} of {r['llm_layers_full']} LLM layers, {r['folder']}"
     return f"ok {r['seconds']} s"
+
+
+def ratios(results: dict) -> list[str]:
+    """The side-by-side comparisons of one run: trimmed vs padded, bf16/fp16 vs fp32 units, and
+    the stage-1 MFU target at 8 B width (issue 12: >= 50 % on H100/H200 with flash-attention)."""
+    ok = {n: r for n, r in results.items() if r.get("status") == "ok"}
+    lines = []
+    for name, r in ok.items():
+        trimmed = ok.get(name.replace(":padded:", ":trimmed:"))
+        if name.startswith("s1:") and ":padded:" in name and trimmed:
+            lines.append(f"{name.replace(':padded', '')}: trimmed / padded samples/s = "
+                         f"{trimmed['samples_per_s'] / r['samples_per_s']:.2f}x (LLM positions per sample "
+                         f"{trimmed['llm_positions_per_sample']:.0f} vs {r['llm_positions_per_sample']:.0f})")
+        if name.startswith("s1:llama-3.1-8b:padded:") and r.get("mfu") is not None:
+            verdict = "reached" if r["mfu"] >= 0.5 else "NOT reached"
+            lines.append(f"{name}: MFU {100 * r['mfu']:.1f} % ({r['llm_layers']} of 32 layers), target >= 50 % "
+                         f"{verdict}")
+    units = ok.get("units", {})
+    for name in ("bf16", "fp16"):
+        if "audio_s_per_s" in units.get(name, {}) and "audio_s_per_s" in units.get("fp32", {}):
+            lines.append(f"units {name} / fp32 = {units[name]['audio_s_per_s'] / units['fp32']['audio_s_per_s']:.2f}x "
+                         f"audio-s/s, {100 * units[name]['agreement_vs_fp32']:.2f} % of frames equal")
+    return lines
 
 
 def table(results: dict) -> str:

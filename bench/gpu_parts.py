@@ -231,6 +231,7 @@ def train_steps(work: Path, run: dict, peak_tflops: Optional[float] = None) -> d
                 "params": trainer.info["params"]})
     if out["tokens_per_s"] and out["samples_per_s"]:
         out["llm_positions_per_sample"] = out["tokens_per_s"] / out["samples_per_s"]
+    out["memory_measure"] = "torch.cuda.max_memory_allocated" if torch.cuda.is_available() else "host peak RSS"
     if torch.cuda.is_available():
         out["max_reserved_gib"] = torch.cuda.max_memory_reserved() / 2 ** 30
     out["estimate_gib"] = _estimate_gib(cfg, run, int(max(trainer.train_set.lengths)))
