@@ -158,13 +158,25 @@ def run_group(group: list[dict], args, work: Path, log, budget_end: float) -> di
     return got
 
 
+def _gpu_name() -> str | None:
+    """The GPU as nvidia-smi names it (name, memory, driver): the driver itself holds no CUDA
+    context, so the parts' processes have the whole device."""
+    import shutil
+    if not shutil.which("nvidia-smi"):
+        return None
+    q = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                       capture_output=True, text=True, timeout=30)
+    return q.stdout.strip().splitlines()[0] if q.returncode == 0 and q.stdout.strip() else None
+
+
 def environment() -> dict:
     import importlib.metadata as md
     import torch
+    gpu = (_gpu_name() or "a CUDA device (no nvidia-smi)") if torch.cuda.is_available() else None
     env = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "host": platform.node(), "python": platform.python_version(),
-           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)",
-           "cuda": torch.version.cuda, "torch_threads": torch.get_num_threads()}
+           "device": gpu or f"CPU ({os.cpu_count()} cores)", "cuda": torch.version.cuda,
+           "torch_threads": torch.get_num_threads()}
     for pkg in ("torch", "transformers", "deepspeed", "flash_attn", "omni_ds"):
         try:
             env[pkg] = md.version(pkg if pkg != "flash_attn" else "flash-attn")

@@ -33,7 +33,7 @@ done
     "${platforms[@]}" -d "$DIR" "${PURE[@]}" "${BINARY[@]}"
 
 if ! ls "$DIR"/deepspeed-*.whl >/dev/null 2>&1; then
-    DS_BUILD_OPS=0 DS_ACCELERATOR=cpu "$PY" -m pip wheel -q --no-deps --no-build-isolation \
+    DS_BUILD_OPS=0 DS_ACCELERATOR=cpu "$PY" -m pip wheel -q --no-deps --no-build-isolation --no-cache-dir \
         -w "$DIR" "$DEEPSPEED"
 fi
 # gpu_check.sh installs every wheel here: two versions of one package would clash.

@@ -59,9 +59,10 @@ else
     echo "[gpu_check] no wheels in $WHEELS: the installed packages must do (bench/fetch_gpu_wheels.sh fills it)"
     steps+=("{\"step\": \"install_wheels\", \"rc\": null, \"note\": \"no wheels in $WHEELS\"}")
 fi
-# omni_ds from this checkout, built in a copy (the checkout stays clean; setuptools is all it needs)
+# omni_ds from this checkout (over any omni_ds wheel: the checkout is what is measured), built in
+# a copy so the checkout stays clean; setuptools is all it needs
 mkdir -p "$WORK/src" && cp -r "$ROOT/setup.py" "$ROOT/omni_ds" "$WORK/src/"
-step install_omni_ds 180 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
+step install_omni_ds 180 "$PY" -m pip install -q --upgrade --no-index --no-deps --no-build-isolation --no-compile \
     --no-cache-dir --target "$SITE" "$WORK/src"
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 need_gpu='import torch; assert torch.cuda.is_available(), "torch sees no CUDA device"; print(torch.cuda.get_device_name(0))'
