@@ -73,14 +73,17 @@ def test_a_failing_and_a_timed_out_part_are_recorded(tmp_path):
     assert parts["units"]["status"] == "ok" and parts["prepare:tiny"]["status"] == "ok"
     assert parts["s1:tiny:padded:sdpa"]["status"] == "failed"
     assert "8 clips in the pool, the run needs 24" in parts["s1:tiny:padded:sdpa"]["error"]
-    # a time box of 3 s per part: the worker is killed while it starts
+    # 1 s per part, 2 s for the group (data, units): the worker is killed before units ends; the
+    # part it was in is the timeout, those after it did not run, those before it kept their figures
     out = tmp_path / "timeout"
     p = subprocess.run([sys.executable, "bench/bench_gpu.py", "--tiny", "--out", str(out), "--only", "units",
-                        "--part-timeout-s", "1.5"], cwd=REPO, capture_output=True, text=True, timeout=120, env=_env())
+                        "--part-timeout-s", "1"], cwd=REPO, capture_output=True, text=True, timeout=120, env=_env())
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
     parts = json.loads((out / "gpu_figures.json").read_text())["parts"]
-    assert parts["data"]["status"] == "timeout" and "time box of 3 s" in parts["data"]["error"], parts
-    assert parts["units"]["status"] == "not run", parts
+    statuses = [parts[n]["status"] for n in ("data", "units")]
+    assert statuses in (["timeout", "not run"], ["ok", "timeout"]), parts
+    late = statuses.index("timeout")
+    assert "time box of 2 s" in parts[("data", "units")[late]]["error"], parts
 
 
 def test_the_gpu_plan():
