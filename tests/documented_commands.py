@@ -4,6 +4,8 @@ lines of launch/configs/*.json. test_documented_commands.py runs each one on the
 Some cannot run here, and the README says so on the command's own line (or its code block):
   "needs real weights"     pretrained models or downloads;
   "needs a SLURM cluster"  sbatch;
+  "needs a CUDA GPU"       bench/gpu_check.sh's measurement;
+  "needs PyPI"             downloads into the checkout (bench/fetch_gpu_wheels.sh);
 benchmarks (`python bench/...`) print measurements and are not tests.
 """
 import json
@@ -13,7 +15,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 STARTS = re.compile(r"^(python|deepspeed|bash|torchrun|sbatch)\s")
-EXEMPT_MARKS = ("needs real weights", "needs a SLURM cluster")
+EXEMPT_MARKS = ("needs real weights", "needs a SLURM cluster", "needs a CUDA GPU", "needs PyPI")
 
 
 def _readme_lines(text: str):

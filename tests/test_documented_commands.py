@@ -34,6 +34,7 @@ ELSEWHERE = {
     "python tools/synthesize_data.py": ("tests/test_synthesize_data.py", "test_layout_filter_counts_and_validation"),
     # needs a 2-rank checkpoint to convert: the world-size test makes one and converts it
     "python tools/convert_checkpoint.py": ("tests/test_world_size_resume.py", "tools/convert_checkpoint.py"),
+    "bash bench/gpu_check.sh OUT --tiny": ("tests/test_bench_gpu.py", "test_gpu_check_tiny_end_to_end"),
 }
 # commands whose documented outcome is not exit 0: (exit code, what the output must say)
 EXPECT = {"python tools/estimate_memory.py --gpus 4 --gpu L40 --zero 2": (1, "DOES NOT FIT")}

@@ -331,6 +331,7 @@ class Trainer:
             scalars["load_failures"] = st.load_failures
         if self.cfg.stage == 2:
             scalars["ctc_infeasible"] = st.ctc_infeasible
+            scalars["decoder_tokens_per_s"] = pos["decoder_positions"] / dt     # the CTC decoder's positions
         if st.step % self.cfg.log.every_steps == 0 or st.step == self.total_steps:
             self.observer.log(st.step, scalars)
             self.observer.progress(st.step, loss, next(iter(lrs.values())), pos["samples"] / dt)
