@@ -165,7 +165,8 @@ def test_a_dialogue_answer_sees_the_states_of_its_prefix(released, tok, tiny_par
 
 def test_the_released_layout_trains_both_stages_on_two_ranks(tmp_path):
     """Stage 1 on 1- to 3-turn dialogues as released, then stage 2 (per-turn hidden-state cache)
-    on the data set's own CosyVoice2 units, 2 CPU ranks each."""
+    on the data set's own CosyVoice2 units, 2 CPU ranks each, at the shipped recipes' settings:
+    stage 1 bf16 under ZeRO-3 (the paper's), stage 2 bf16 under ZeRO-2 with a bf16 cache."""
     import subprocess
     from launcher import DEEPSPEED, free_port, launcher_env
     from omni_ds.train.demo import demo_stage1_config, demo_stage2_config, write_tiny_setup
@@ -174,16 +175,16 @@ def test_the_released_layout_trains_both_stages_on_two_ranks(tmp_path):
     released = write_released_set(tmp_path / "instructs2s")
     common = {"data.val_manifest": str(released), "data.train_manifest": str(released), "optim.max_steps": 2,
               "batch.per_device_train_batch_size": 2, "batch.global_batch_size": 4, "log.report_to": [],
-              "log.progress_bar": False, "eval.max_samples": 2}
+              "log.progress_bar": False, "eval.max_samples": 2, "precision": "bf16"}
     s1 = demo_stage1_config(d, **common, output_dir=str(tmp_path / "s1"), **{"data.cache_in_memory": False})
     s2 = demo_stage2_config(d, **common, output_dir=str(tmp_path / "s2"), **{
         "model.init_from": str(tmp_path / "s1" / "final"), "data.unit_source": "dataset",
-        "model.omni.unit_vocab_size": 6561, "data.cache_dir": str(tmp_path / "cache")})
-    for stage, cfg in ((1, s1), (2, s2)):
+        "model.omni.unit_vocab_size": 6561, "data.cache_dir": str(tmp_path / "cache"), "data.cache_dtype": "bf16"})
+    for stage, cfg, ds in ((1, s1, "zero3"), (2, s2, "zero2")):
         path = tmp_path / f"stage{stage}.json"
         path.write_text(json.dumps(cfg))
         proc = subprocess.run([DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), f"launch/stage{stage}.py",
-                               "--config", str(path), "--ds", "ds_configs/zero2.json"],
+                               "--config", str(path), "--ds", f"ds_configs/{ds}.json"],
                               cwd=REPO, env=launcher_env(), capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         summary = json.loads((tmp_path / f"s{stage}" / "summary.json").read_text())
