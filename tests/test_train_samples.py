@@ -70,7 +70,7 @@ def events(out: Path):
 
 def logged_samples(out: Path) -> dict[int, list[dict]]:
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
-    return {r["step"]: r["eval/samples"] for r in rows if "eval/samples" in r}
+    return {r["step"]: r["eval/sample_answers"] for r in rows if "eval/sample_answers" in r}
 
 
 def text_of(acc, tag: str) -> dict[int, str]:

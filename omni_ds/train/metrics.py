@@ -70,7 +70,7 @@ class Observer:
     def log_samples(self, step: int, rows: list[dict], sampling_rate: Optional[int] = None) -> None:
         """Sample answers (omni_ds.train.sample_answers): TensorBoard text per sample and, where a
         row has `audio`, TensorBoard audio and a wav under output_dir/eval_audio/; one
-        metrics.jsonl line `{"step", "eval/samples": [...]}` (the rows without the waveform)."""
+        metrics.jsonl line `{"step", "eval/sample_answers": [...]}` (the rows without the waveform)."""
         if not self.active or not rows:
             return
         from omni_ds.evaluation.pipeline import safe_name
@@ -87,7 +87,7 @@ class Observer:
             if self.tb is not None:
                 self.tb.add_text(f"eval_answers/{tag}", sample_markdown(row), step)
             kept.append(row)
-        self.jsonl.write(json.dumps({"step": step, "eval/samples": kept}) + "\n")
+        self.jsonl.write(json.dumps({"step": step, "eval/sample_answers": kept}) + "\n")
         self.jsonl.flush()
         if self.tb is not None:
             self.tb.flush()

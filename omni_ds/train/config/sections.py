@@ -195,7 +195,7 @@ class EvalSection:
     sample_answers: int = 3
     """At each evaluation, greedy answers to the first N validation records (the batched generation
     of tools/evaluate.py, the training prompt) go to TensorBoard as text and to metrics.jsonl
-    (`eval/samples`: id, reference, answer, text WER; stage 2 also the units and their edit
+    (`eval/sample_answers`: id, reference, answer, text WER; stage 2 also the units and their edit
     distance to the reference units); 0: none. Under ZeRO-3 every rank takes part."""
     sample_max_new_tokens: int = 256
     """Longest sample answer, in new tokens (tools/infer.py's default)."""
