@@ -39,6 +39,16 @@ def evaluation_line(report_json: Path) -> str:
     return ", ".join(parts) + f"  ({report_json.parent}/report.md)"
 
 
+def calibration_line(report_json: Path) -> str:
+    """The ASR's own error on the reference answer audio (tools/evaluate.py's calibration row)."""
+    report = json.loads(report_json.read_text())
+    c, asr = report["summary"]["calibration"], report["summary"]["asr"]
+    if not c["n"]:
+        return f"calibration: none (ASR {asr or 'not given'}; no reference answer audio in the manifest)"
+    return (f"calibration (ASR {Path(asr).name} on the reference answer audio): WER {_fmt(c['rate'], '.1%')} "
+            f"({c['errors']} word edits / {c['total']} words, {c['n']} clips)")
+
+
 def main(demo: Path) -> int:
     times = {r["phase"]: r["seconds"] for r in map(json.loads, (demo / "quickstart_times.jsonl").read_text().splitlines())}
     print("\n=== quickstart report ===")

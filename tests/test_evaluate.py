@@ -105,6 +105,15 @@ def test_report_rows_and_summary_agree_and_latencies_are_ordered(setup):
         assert 0 < t_token <= t_chunk <= t_audio, r
     assert s["latency"]["first_audio_latency_s"]["n"] == 6
     assert s["calibration"]["n"] == 8 == len(report["calibration"])   # every record with response audio
+    cal = report["calibration"]
+    assert s["calibration"]["rate"] == pytest.approx(corpus_wer((c["reference_text"], c["asr_text"]) for c in cal))
+    # the line launch/quickstart_real_small.sh prints under its evaluation
+    sys.path.insert(0, str(REPO / "launch"))
+    from quickstart_report import calibration_line
+    c = s["calibration"]
+    assert calibration_line(out / "report.json") == (
+        f"calibration (ASR asr on the reference answer audio): WER {c['rate']:.1%} "
+        f"({c['errors']} word edits / {c['total']} words, 8 clips)")
     md = (out / "report.md").read_text()
     assert "text WER" in md and "missing_audio" in md and "failed: missing file" in md
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,7 +9,7 @@ being fed its EOS until the batch ends; what it produces after its EOS is discar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -85,10 +85,16 @@ def prefill(model, requests: list[Request]):
     return out, mask, positions, cache
 
 
+def _locally(done: bool) -> bool:
+    return done
+
+
 @torch.no_grad()
-def greedy_batch(model, requests: list[Request], max_new_tokens: int,
-                 eos_token_ids: list[int]) -> list[tuple[list[int], Optional[torch.Tensor]]]:
-    """Per request: (generated token ids incl. the EOS if reached, the states predicting them)."""
+def greedy_batch(model, requests: list[Request], max_new_tokens: int, eos_token_ids: list[int],
+                 finished: Callable[[bool], bool] = _locally) -> list[tuple[list[int], Optional[torch.Tensor]]]:
+    """Per request: (generated token ids incl. the EOS if reached, the states predicting them).
+    `finished(every row here is done)` says whether to stop decoding: under ZeRO-3 every rank
+    must run as many forwards as the others (training passes an all-reduce)."""
     eos = set(eos_token_ids)
     out, mask, positions, cache = prefill(model, requests)
     n = len(requests)
@@ -103,7 +109,7 @@ def greedy_batch(model, requests: list[Request], max_new_tokens: int,
                 tokens[b].append(int(chosen[b]))
                 states[b].append(state[b])
                 done[b] = int(chosen[b]) in eos
-        if all(done):
+        if finished(all(done)):
             break
         mask = F.pad(mask, (0, 1), value=1)
         positions = positions[:, -1:] + 1
@@ -132,10 +138,10 @@ def units_batch(generator, states: list[Optional[torch.Tensor]]) -> list[Optiona
 
 
 def generate_answers(model, tokenizer, requests: list[Request], max_new_tokens: int,
-                     eos_token_ids: list[int]) -> list[dict]:
+                     eos_token_ids: list[int], finished: Callable[[bool], bool] = _locally) -> list[dict]:
     """{"text", "token_ids", "units"} per request, as `omni_ds.inference.answer` returns them."""
     model.eval()
-    generated = greedy_batch(model, requests, max_new_tokens, eos_token_ids)
+    generated = greedy_batch(model, requests, max_new_tokens, eos_token_ids, finished)
     units = ([None] * len(generated) if model.speech_generator is None
              else units_batch(model.speech_generator, [s for _, s in generated]))
     return [{"text": answer_text(tokenizer, ids), "token_ids": ids, "units": u}

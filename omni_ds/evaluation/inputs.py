@@ -31,15 +31,18 @@ def load_records(manifest: str | Path, limit: int | None) -> list[dict]:
     return [m[i] for i in range(n)]
 
 
-def load_checked_vocoder(folder: str | Path, model):
-    """The vocoder, refused when its unit embedding does not cover exactly the model's units."""
+def load_checked_vocoder(folder: str | Path, unit_vocab_size: int, given_as: str | None = None):
+    """The vocoder, refused when its unit embedding does not cover exactly the model's
+    `unit_vocab_size` units. `given_as` names where the folder came from in the message
+    (default "--vocoder FOLDER"; training: its config key)."""
     from omni_ds.vocoder import load_vocoder
+    given_as = given_as or f"--vocoder {folder}"
     try:
         vocoder = load_vocoder(folder)
-    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as e:
-        raise EvaluationInputError(f"--vocoder {folder}: {type(e).__name__}: {e}") from None
-    have, want = vocoder.cfg["num_embeddings"], model.omni_config.unit_vocab_size
-    if have != want:
-        raise EvaluationInputError(f"--vocoder {folder}: unit vocabulary {have} (config.json num_embeddings) "
-                                   f"does not match the model's {want} units (unit_vocab_size)")
+    except Exception as e:        # missing files, bad JSON, unpicklable or mismatched weights: say which folder
+        raise EvaluationInputError(f"{given_as}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    have = vocoder.cfg["num_embeddings"]
+    if have != unit_vocab_size:
+        raise EvaluationInputError(f"{given_as}: unit vocabulary {have} (config.json num_embeddings) "
+                                   f"does not match the model's {unit_vocab_size} units (unit_vocab_size)")
     return vocoder

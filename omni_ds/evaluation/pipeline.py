@@ -60,7 +60,7 @@ def load_tools(cfg: EvalConfig) -> Tools:
     model, tokenizer = load_model(cfg.model, cfg.device)
     tools = Tools(model, tokenizer)
     if cfg.vocoder:
-        tools.vocoder = load_checked_vocoder(cfg.vocoder, model)
+        tools.vocoder = load_checked_vocoder(cfg.vocoder, model.omni_config.unit_vocab_size)
     if cfg.asr:
         tools.asr = WhisperASR(cfg.asr)
     if cfg.judge_model:
@@ -172,7 +172,7 @@ def measure_latencies(cfg: EvalConfig, tools: Tools, rows: list[dict], records: 
             bar.update(1)
 
 
-def _safe_name(rid: str) -> str:
+def safe_name(rid: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", rid)[:100] or "sample"
 
 
@@ -187,7 +187,7 @@ def speak_and_transcribe(cfg: EvalConfig, tools: Tools, rows: list[dict]) -> Non
     audio.mkdir(parents=True, exist_ok=True)
     with _bar(cfg, len(todo), "vocode" + (" + ASR" if tools.asr else "")) as bar:
         for row in todo:
-            path = audio / f"{_safe_name(row['id'])}.wav"
+            path = audio / f"{safe_name(row['id'])}.wav"
             sf.write(str(path), tools.vocoder(row["units"]).cpu().numpy(), tools.vocoder.sampling_rate)
             row["wav"] = str(path)
             if tools.asr is not None:

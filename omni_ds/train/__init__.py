@@ -14,6 +14,8 @@ parts.py         the Trainer's parts, one thing each: distributed start, model (
 loop.py          what the step is made of: loop state, cross-rank sums, batch to device; the loss
                  normalisation across ranks and micro-batches (its docstring)
 evaluator.py     Evaluator (owns its cadence): loss (stage 1), CTC loss + unit edit distance (stage 2)
+sample_answers.py a few greedy validation answers per evaluation (the evaluation package's batched
+                 generation; ZeRO-3: every rank), vocoded in stage 2 with eval.vocoder
 debug.py         test instruments behind the `debug` section: fault injection, the per-rank sample trace
 checkpointing.py DeepSpeed checkpoints + our state, atomic `latest`, keep-last-K, resume, the save
                  cadence, output_dir/final

@@ -41,7 +41,7 @@ def demo_stage1_config(demo_dir: str | Path, **overrides) -> dict:
         "optim": {"num_train_epochs": 60, "learning_rate": 3e-3, "warmup_ratio": 0.03, "weight_decay": 0.0,
                   "max_grad_norm": 1.0},
         "checkpoint": {"every_steps": 100, "keep_last": 1},
-        "eval": {"every_steps": 0},
+        "eval": {"every_steps": 0, "sample_max_new_tokens": 24},     # the demo's answers are a few tokens
         "log": {"every_steps": 5, "report_to": ["tensorboard"]},
     }
     return with_overrides(cfg, overrides)
@@ -64,7 +64,7 @@ def demo_stage2_config(demo_dir: str | Path, **overrides) -> dict:
         "optim": {"num_train_epochs": 250, "learning_rate": 5e-3, "lr_scheduler_type": "cosine",
                   "warmup_ratio": 0.03, "weight_decay": 0.0, "max_grad_norm": 1.0},
         "checkpoint": {"every_steps": 200, "keep_last": 1},
-        "eval": {"every_steps": 0, "batch_size": 2},
+        "eval": {"every_steps": 0, "batch_size": 2, "sample_max_new_tokens": 24},
         "log": {"every_steps": 10, "report_to": ["tensorboard"]},
     }
     return with_overrides(cfg, overrides)

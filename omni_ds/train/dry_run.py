@@ -104,6 +104,7 @@ class DryRun:
         if ds is None:
             return 1
         self.model()
+        self.eval_vocoder()
         self.data()
         self.checkpoints()
         fits = True
@@ -149,6 +150,19 @@ class DryRun:
                  f"vocab {shape.vocab_size}), encoder {_n(shape.encoder_params)} (frozen), projector "
                  f"{_n(shape.projector_params)}, speech decoder {_n(shape.decoder_params)}; "
                  f"trainable in stage {cfg.stage}: {_n(trainable)} params")
+
+    def eval_vocoder(self) -> None:
+        """eval.vocoder loaded and matched against the run's unit vocabulary, as the run will."""
+        if not self.cfg.eval.vocoder:
+            return
+        from omni_ds.train.sample_answers import load_eval_vocoder
+        try:
+            vocoder = load_eval_vocoder(self.cfg)
+        except ConfigError as e:
+            self.problems.append(str(e))
+            return
+        self.out(f"  eval.vocoder: {self.cfg.eval.vocoder}: {vocoder.cfg['num_embeddings']} units (the model's), "
+                 f"{vocoder.sampling_rate} Hz; {self.cfg.eval.sample_answers} sample answers vocoded per evaluation")
 
     def data(self) -> None:
         """The same validation and batching the run uses (cached audio/token index)."""

@@ -67,6 +67,38 @@ class Observer:
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=step)
 
+    def log_samples(self, step: int, rows: list[dict], sampling_rate: Optional[int] = None) -> None:
+        """Sample answers (omni_ds.train.sample_answers): TensorBoard text per sample and, where a
+        row has `audio`, TensorBoard audio and a wav under output_dir/eval_audio/; one
+        metrics.jsonl line `{"step", "eval/sample_answers": [...]}` (the rows without the waveform)."""
+        if not self.active or not rows:
+            return
+        from omni_ds.evaluation.pipeline import safe_name
+        from omni_ds.train.sample_answers import audio_path, sample_markdown
+        kept = []
+        for row in rows:
+            row = dict(row)
+            audio = row.pop("audio", None)
+            tag = safe_name(row["id"])
+            if audio is not None and audio.numel():
+                row["wav"] = str(self._write_wav(audio_path(self.out, step, row["id"]), audio, sampling_rate))
+                if self.tb is not None:
+                    self.tb.add_audio(f"eval_audio/{tag}", audio[None], step, sample_rate=sampling_rate)
+            if self.tb is not None:
+                self.tb.add_text(f"eval_answers/{tag}", sample_markdown(row), step)
+            kept.append(row)
+        self.jsonl.write(json.dumps({"step": step, "eval/sample_answers": kept}) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            self.tb.flush()
+
+    @staticmethod
+    def _write_wav(path: Path, audio: torch.Tensor, sampling_rate: int) -> Path:
+        import soundfile as sf
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), audio.numpy(), sampling_rate)
+        return path
+
     def progress(self, step: int, loss: float, lr: float, samples_per_s: float) -> None:
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples_per_s:.1f}",

@@ -154,7 +154,7 @@ def cache_settings(cfg: TrainConfig, model) -> dict:
             "max_speech_seconds": cfg.data.max_speech_seconds, "attn_implementation": cfg.model.attn_implementation}
 
 
-def _gathered_encoder(model, ds: dict):
+def gathered_encoder(model, ds: dict):
     """Under ZeRO-3, the Whisper encoder's parameters gathered for the cache build: the build calls
     the model's response_hidden_states() outside the engine's forward, and the trimmed encoder
     reads its position table directly (not through a submodule call, so ZeRO-3's hooks would not
@@ -190,7 +190,7 @@ def attach_hidden_cache(engine, cfg: TrainConfig, ds: dict, sets: tuple, collate
         base = data.dataset if isinstance(data, InMemory) else data       # the cache replaces RAM caching
         key = cache_key(Path(cfg.model.init_from), Path(manifest), settings)
         cache = HiddenStateCache(root, key, dtype=cfg.data.cache_dtype)
-        with _gathered_encoder(engine.module, ds):
+        with gathered_encoder(engine.module, ds):
             built = cache.build(StateSource(engine.module, base, collate, cfg.eval.batch_size,
                                             engine.device, torch_dtype(cfg.precision)), rank, world)
         log(f"hidden-state cache ({name}): {'built' if built else 'reused'} {cache.dir} "

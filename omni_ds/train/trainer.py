@@ -53,10 +53,12 @@ class Trainer:
         from omni_ds.train.parts import (attach_hidden_cache, build_data, build_engine, build_model,
                                          memory_check, seed_everything, start_distributed)
         self.cfg = cfg
+        from omni_ds.train.sample_answers import load_eval_vocoder, make_sample_answers
         self.rank, self.world, self.local_rank = start_distributed(cfg)
         from omni_ds.train.stall_watch import start_stall_watch
         self.stall_watch = start_stall_watch(self.rank, self.world, cfg.dist_timeout_minutes, self._latest)
         seed_everything(cfg.seed)
+        vocoder = load_eval_vocoder(cfg)          # a bad eval.vocoder stops the run here, not at its first eval
         self.ds = load_ds_config(ds_path, cfg, self.world, _llm_hidden_size(cfg))
         self._load_universal_if_resuming_from_one()
         self.micro, self.gas, self.global_batch = cfg.batch_geometry(self.world)
@@ -79,6 +81,8 @@ class Trainer:
         self.checkpointer, self.state, self.resumed_from = self._restore()
         from omni_ds.train.evaluator import make_evaluator
         self.evaluator = make_evaluator(self.engine, self.val_set, self.collate, cfg, self.rank, self.world)
+        self.samples = make_sample_answers(self.engine, self.val_set, cfg, self.tokenizer,
+                                           (self.rank, self.world, self.ds), vocoder)
         self.faults = FaultInjector(cfg.debug.crash_at_step)
         self.trace = SampleTrace(cfg.output_dir, self.rank) if cfg.debug.trace_samples else None
         self.info = self._describe()
@@ -341,6 +345,8 @@ class Trainer:
         result = self.evaluator()
         self.state.evals.append({"step": self.state.step, **result})
         self.observer.log(self.state.step, result, prefix="eval")
+        if self.samples is not None:
+            self.observer.log_samples(self.state.step, self.samples.answers(), self.samples.sampling_rate)
         return result
 
     # ---- the whole run -------------------------------------------------------------------------------

@@ -192,9 +192,22 @@ class EvalSection:
     """Per-rank batch size of validation (and of the hidden-state cache build)."""
     max_samples: Optional[int] = None
     """Validate on the first N records only; null: all."""
+    sample_answers: int = 3
+    """At each evaluation, greedy answers to the first N validation records (the batched generation
+    of tools/evaluate.py, the training prompt) go to TensorBoard as text and to metrics.jsonl
+    (`eval/sample_answers`: id, reference, answer, text WER; stage 2 also the units and their edit
+    distance to the reference units); 0: none. Under ZeRO-3 every rank takes part."""
+    sample_max_new_tokens: int = 256
+    """Longest sample answer, in new tokens (tools/infer.py's default)."""
+    vocoder: Optional[str] = None
+    """Stage 2: a unit-vocoder folder (omni_ds/vocoder.py: fairseq's g_* checkpoint + config.json)
+    whose unit vocabulary is the model's (model.omni.unit_vocab_size); the sample answers' units
+    are vocoded to TensorBoard audio and output_dir/eval_audio/step<N>/<id>.wav. Checked (loaded)
+    at start-up and by --dry-run."""
 
     RANGES = {"every_steps": ZeroDisables, "batch_size": Positive,
-              "max_samples": (lambda v: v >= 1, "must be >= 1 or null (all)")}
+              "max_samples": (lambda v: v >= 1, "must be >= 1 or null (all)"),
+              "sample_answers": ZeroDisables, "sample_max_new_tokens": Positive}
 
 
 @dataclass

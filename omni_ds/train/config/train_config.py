@@ -65,9 +65,21 @@ class TrainConfig:
             bad("data.train_manifest", d.train_manifest, "a manifest path is required")
         if self.optim.max_steps is None and not self.optim.num_train_epochs > 0:
             bad("optim.num_train_epochs", self.optim.num_train_epochs, "must be > 0 when optim.max_steps is null")
+        if self.eval.vocoder:
+            self._check_eval_vocoder()
         if self.batch.batching == "token_budget" and not self.batch.max_tokens_per_batch:
             bad("batch.max_tokens_per_batch", self.batch.max_tokens_per_batch,
                 'batch.batching "token_budget" needs a positive max_tokens_per_batch')
+
+    def _check_eval_vocoder(self) -> None:
+        """What eval.vocoder needs besides a usable folder (that is checked at start-up)."""
+        e = self.eval
+        if self.stage != 2:
+            bad("eval.vocoder", e.vocoder, "is a stage 2 option (stage 1 trains no speech decoder)")
+        if not self.data.val_manifest:
+            bad("eval.vocoder", e.vocoder, "vocodes sample answers of the validation set: set data.val_manifest")
+        if e.sample_answers == 0:
+            bad("eval.vocoder", e.vocoder, "vocodes sample answers: eval.sample_answers must be >= 1")
 
     def to_dict(self) -> dict:
         """The nested form, as a config file writes it (and build_config reads it back)."""
