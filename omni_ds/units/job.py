@@ -65,6 +65,10 @@ class ExtractionJob:
                 "hubert_sha256": file_digest(Path(self.hubert)), "kmeans_sha256": file_digest(Path(self.kmeans))}
         # Only where units go on turns: parts written before per-turn units (the first answer's
         # units on the record) are refused, while a single-turn job's plan, hence its parts, stay.
+        # bf16/fp16 units may differ from fp32 ones in a few frames: parts of one precision are
+        # not mixed with another's. Pinned only when asked for, so fp32 jobs keep their plan.
+        if self.dtype != "fp32":
+            plan["dtype"] = self.dtype
         on_turns = _records_with_units_on_turns(manifest)
         if on_turns:
             plan["records_with_units_on_turns"] = on_turns
@@ -241,7 +245,7 @@ def _extract(job: ExtractionJob, backend, batch_seconds: float, writer: PartWrit
 
 
 def _pick_precision(job: ExtractionJob, backend, items) -> None:
-    """bf16/fp16 only when they give the fp32 units on the first batch's utterances."""
+    """bf16/fp16 only when they give the fp32 units on (almost) all frames of the first batch."""
     check = [it.wave for it in items if it.wave is not None and not backend.too_short(len(it.wave))][:8]
     note = backend.try_precision(job.dtype, check)
     if note:
