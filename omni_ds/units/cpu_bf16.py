@@ -29,8 +29,10 @@ BF16 = torch.bfloat16
 def cpu_supports_bf16() -> bool:
     """Whether oneDNN has native bf16 kernels here (AVX512-BF16 or AMX); without them bf16
     is emulated and slower than fp32."""
-    return bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)()) and \
-        bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    try:
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):      # a torch build without the query: assume not
+        return False
 
 
 def _lin(layer) -> tuple[torch.Tensor, torch.Tensor | None]:
