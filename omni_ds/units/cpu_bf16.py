@@ -63,8 +63,9 @@ class CpuBf16Forward:
         self.w0 = convs[0].conv.weight.detach()[:, 0, :].t().contiguous()        # [k0, C] fp32
         gn = convs[0].layer_norm
         self.gn = (gn.weight.detach(), gn.bias.detach(), gn.eps)
-        self.convs = [c.conv.weight.detach()[:, :, None, :].to(BF16).contiguous(
-            memory_format=torch.channels_last) for c in convs[1:]]
+        # (conv 0's bias, if any, cancels in its GroupNorm; the later convs keep theirs)
+        self.convs = [(c.conv.weight.detach()[:, :, None, :].to(BF16).contiguous(
+            memory_format=torch.channels_last), _lin(c.conv)[1]) for c in convs[1:]]
         self.proj_ln = _norm(hf.feature_projection.layer_norm)
         self.proj = _lin(hf.feature_projection.projection)
         self.pos = hf.encoder.pos_conv_embed            # fp32: cheap, and precision matters
@@ -95,8 +96,8 @@ class CpuBf16Forward:
     def _conv_stack(self, waves: torch.Tensor, lens: list[torch.Tensor]) -> torch.Tensor:
         x = self._conv0_group_norm(waves, lens[0])
         x = x.transpose(1, 2)[:, :, None, :]             # [B, C, 1, T] in channels-last memory
-        for w, (_, _, s) in zip(self.convs, self.spec.conv_layers[1:]):
-            x = F.gelu(F.conv2d(x, w, None, (1, s)))
+        for (w, b), (_, _, s) in zip(self.convs, self.spec.conv_layers[1:]):
+            x = F.gelu(F.conv2d(x, w, b, (1, s)))
         return x[:, :, 0, :].transpose(1, 2)             # [B, T, C], contiguous
 
     def _block(self, x: torch.Tensor, mask, w: dict) -> torch.Tensor:
