@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Where the time of one full-size mHuBERT Base forward goes on this CPU (torch.profiler, ops by
 self time): fp32, bf16 by autocast, and the prepared bf16 forward of omni_ds/units/cpu_bf16.py
-that --dtype bf16 runs. Random weights (768 wide, 12 layers), one real clip.
+that --dtype bf16 runs. Random weights (768 wide, 12 layers), the longest real clip.
 
   python bench/profile_units.py [--threads 1] [--seconds 4] [--rows 12]
 """
@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO / "tests"))
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seconds", type=float, default=4.0, help="audio of the first real clip")
+    ap.add_argument("--seconds", type=float, default=4.0, help="audio from the longest real clip")
     ap.add_argument("--rows", type=int, default=12)
     args = ap.parse_args()
     import torch
@@ -36,7 +36,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = load_hubert(write_tiny_hubert(Path(tmp) / "full.pt", seed=0, conv_dim=512, width=768,
                                               heads=12, ffn=3072, layers=12))
-    wave = torch.from_numpy(load_audio(CLIPS[0], 16000))[None, : int(16000 * args.seconds)]
+    longest = max((load_audio(p, 16000) for p in CLIPS), key=len)
+    wave = torch.from_numpy(longest)[None, : int(16000 * args.seconds)]
     lengths = torch.tensor([wave.shape[1]])
     autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
     runs = {"fp32": (model, nullcontext), "bf16 autocast": (model, autocast),
