@@ -148,8 +148,9 @@ def compare(label, ckpt, km, wavs, args, ref_side=None):
     sides = {"ref": ref_side} if ref_side else {}
     sides.update({d: ours(ckpt, centers, args.batch_seconds, d) for d in ("fp32", "bf16")})
     load = os.getloadavg()[0]
-    sets = [wavs] + [[_trimmed(w, Path(km).parent / f"set{r}" / str(i), 7 * r) for i, w in enumerate(wavs)]
-                     for r in range(1, args.repeats)]
+    # (files under 1 s are copied whole: a trimmed one-frame file would have no frame left)
+    sets = [wavs] + [[_trimmed(w, Path(km).parent / f"set{r}" / str(i), 7 * r if _long(w) else 0)
+                      for i, w in enumerate(wavs)] for r in range(1, args.repeats)]
     runs = interleaved(sides, sets, args.rounds)
     frames = sum(len(u) for u in runs["fp32"][1])
     print(f"[{label}] {len(wavs)} files, {audio_s:.1f} audio s, {frames} frames, {args.rounds} groups "
@@ -234,6 +235,11 @@ def main() -> None:
                 else:
                     without_reference(label, d, make(), wavs, args, 100)
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
+
+
+def _long(wav: Path) -> bool:
+    import soundfile as sf
+    return sf.info(wav).frames >= sf.info(wav).samplerate
 
 
 def _trimmed(src: Path, folder: Path, n: int) -> Path:

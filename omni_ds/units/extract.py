@@ -166,7 +166,7 @@ class UnitExtractor:
         if share < MIN_AGREEMENT:
             self.fx.set_dtype(torch.float32)
             return f"{where}, below {100 * MIN_AGREEMENT:g} %; using fp32"
-        return f"{where}; using {name}"
+        return f"{where}; using {name} (its units may differ from fp32's in a few frames per thousand)"
 
     def frame_units(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
         """Per-frame unit ids (no merging), one LongTensor per utterance."""
