@@ -40,8 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="audio per forward pass, padding included (default 16 on CPU, 200 on GPU)")
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda:LOCAL_RANK if available)")
     ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
-                    help="GPU only: bf16/fp16 are used only if the first batches give units "
-                         "identical to fp32, otherwise fp32 (default fp32)")
+                    help="bf16 (GPU, or a CPU with AMX/AVX512-BF16) or fp16 (GPU): used only if "
+                         ">= 99.5 %% of the first batch's frames get the fp32 units (the agreement "
+                         "is printed), otherwise fp32 (default fp32)")
     ap.add_argument("--workers", type=int, default=1, help="audio loader processes (default 1)")
     ap.add_argument("--part-size", type=int, default=256, help="records per resumable part")
     ap.add_argument("--save-centroids", metavar="NPY",

@@ -3,6 +3,7 @@
 fairseq_checkpoint  read/write fairseq .pt without fairseq (restricted unpickler, inert stand-ins)
 hubert_config       the checkpoint's architecture fields; refusal of unmapped architectures
 hubert              mapping onto transformers' HubertModel + padding-masked batch forward
+cpu_bf16            the same forward in bf16 on an AMX / AVX512-BF16 CPU (--dtype bf16)
 kmeans              centroids from joblib .bin or .npy; nearest centroid as one GEMM
 extract             batched, chunked (100 s) extraction whose units do not depend on batching
 loader, parts       audio loading in workers; resumable per-part output and the merge

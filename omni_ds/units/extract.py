@@ -2,7 +2,6 @@
 batch: the model masks padding (see hubert.py), so batching only changes speed."""
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,6 +16,11 @@ if TYPE_CHECKING:      # not imported at run time: the fairseq backend needs no 
 # fairseq's feature readers cut the waveform into independent 100 s pieces (max_chunk 1.6 M
 # samples) and concatenate their features; reproduced so that long files get the same units.
 CHUNK_SECONDS = 100
+
+# --dtype bf16/fp16 is kept only when this share of the check frames get the fp32 units (the
+# full-size benchmark measures more; the check guards against a checkpoint or device where
+# reduced precision goes wrong, on a few hundred frames, so it leaves a margin for noise).
+MIN_AGREEMENT = 0.995
 
 
 def merge_repeats(units: list[int]) -> list[int]:
@@ -35,9 +39,22 @@ class FeatureExtractor:
         self.rate = model.spec.sample_rate
         self.batch_samples = int(batch_seconds * self.rate)
         self.chunk = CHUNK_SECONDS * self.rate
-        self.dtype = dtype
+        self._cpu_bf16 = None
+        self.dtype = torch.float32
+        self.set_dtype(dtype)
+
+    def set_dtype(self, dtype: torch.dtype) -> None:
+        """fp32; bf16/fp16 by autocast on a GPU; bf16 on a CPU by the prepared forward of
+        cpu_bf16 (autocast there is slower than needed: see that module)."""
         if dtype != torch.float32 and self.device.type == "cpu":
-            raise ValueError("reduced precision is for GPUs only; use float32 on CPU")
+            from omni_ds.units.cpu_bf16 import CpuBf16Forward, cpu_supports_bf16
+            if dtype != torch.bfloat16:
+                raise ValueError("on CPU only fp32 and bf16 are supported (fp16 is for GPUs)")
+            if not cpu_supports_bf16():
+                raise ValueError("this CPU has no native bf16 (AVX512-BF16/AMX): bf16 would be "
+                                 "slower than fp32; use fp32")
+            self._cpu_bf16 = self._cpu_bf16 or CpuBf16Forward(self.model)
+        self.dtype = dtype
 
     def too_short(self, n_samples: int) -> str | None:
         """Why an utterance of n_samples cannot be encoded, or None."""
@@ -74,10 +91,13 @@ class FeatureExtractor:
         if group:
             yield group
 
-    def _autocast(self):
+    def _forward(self, batch: torch.Tensor, lengths: torch.Tensor):
         if self.dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+            return self.model(batch, lengths)
+        if self.device.type == "cpu":
+            return self._cpu_bf16(batch, lengths)
+        with torch.autocast(self.device.type, dtype=self.dtype):
+            return self.model(batch, lengths)
 
     def run(self, waves: list[np.ndarray], per_segment):
         """Call per_segment(seg_index, features [T, D]) for every chunk; returns the segments."""
@@ -87,9 +107,8 @@ class FeatureExtractor:
             batch = torch.zeros(len(group), int(lengths.max()))
             for row, i in enumerate(group):
                 batch[row, :len(segs[i][2])] = segs[i][2]
-            with self._autocast():
-                feats, frames = self.model(batch.to(self.device, non_blocking=True),
-                                           lengths.to(self.device))
+            feats, frames = self._forward(batch.to(self.device, non_blocking=True),
+                                          lengths.to(self.device))
             for row, i in enumerate(group):
                 per_segment(i, feats[row, :int(frames[row])])
         return segs
@@ -128,18 +147,26 @@ class UnitExtractor:
         return self.fx.too_short(n_samples)
 
     def try_precision(self, name: str, check_waves: list[np.ndarray]) -> str | None:
-        """Switch to bf16/fp16 only when it gives the fp32 units on `check_waves`; a note if not."""
+        """Switch to bf16/fp16 when, on `check_waves`, at least MIN_AGREEMENT of the frames get
+        the fp32 units; else stay in fp32. The note says which and the agreement measured."""
         want = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name)
         if want is None:
             return None
-        if self.fx.device.type == "cpu":
-            return "--dtype is GPU-only; using fp32 on CPU"
-        ref = self.units(check_waves)
-        self.fx.dtype = want
-        if self.units(check_waves) != ref:
-            self.fx.dtype = torch.float32
-            return f"{name} changed units on the check set; using fp32"
-        return None
+        ref = self.frame_units(check_waves)
+        try:
+            self.fx.set_dtype(want)
+        except ValueError as err:
+            return f"{err}; using fp32"
+        got = self.frame_units(check_waves)
+        frames = sum(len(r) for r in ref)
+        same = sum(int((a == b).sum()) for a, b in zip(ref, got))
+        share = same / max(frames, 1)
+        where = f"{name} on {self.fx.device.type}: {same}/{frames} frames ({100 * share:.3f} %) " \
+                f"of the first batch get the fp32 units"
+        if share < MIN_AGREEMENT:
+            self.fx.set_dtype(torch.float32)
+            return f"{where}, below {100 * MIN_AGREEMENT:g} %; using fp32"
+        return f"{where}; using {name} (its units may differ from fp32's in a few frames per thousand)"
 
     def frame_units(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
         """Per-frame unit ids (no merging), one LongTensor per utterance."""

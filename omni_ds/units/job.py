@@ -65,6 +65,10 @@ class ExtractionJob:
                 "hubert_sha256": file_digest(Path(self.hubert)), "kmeans_sha256": file_digest(Path(self.kmeans))}
         # Only where units go on turns: parts written before per-turn units (the first answer's
         # units on the record) are refused, while a single-turn job's plan, hence its parts, stay.
+        # bf16/fp16 units may differ from fp32 ones in a few frames: parts of one precision are
+        # not mixed with another's. Pinned only when asked for, so fp32 jobs keep their plan.
+        if self.dtype != "fp32":
+            plan["dtype"] = self.dtype
         on_turns = _records_with_units_on_turns(manifest)
         if on_turns:
             plan["records_with_units_on_turns"] = on_turns
@@ -229,8 +233,7 @@ def _extract(job: ExtractionJob, backend, batch_seconds: float, writer: PartWrit
     t0, checked = time.perf_counter(), False
     for items in loader:
         if not checked:
-            _pick_precision(job, backend, items)
-            checked = True
+            checked = _pick_precision(job, backend, items)
         done, failed = extract_batch(backend, items)
         writer.add(items, done, failed, backend.sample_rate)
         bar.update(len(items))
@@ -240,12 +243,16 @@ def _extract(job: ExtractionJob, backend, batch_seconds: float, writer: PartWrit
     bar.close()
 
 
-def _pick_precision(job: ExtractionJob, backend, items) -> None:
-    """bf16/fp16 only when they give the fp32 units on the first batch's utterances."""
+def _pick_precision(job: ExtractionJob, backend, items) -> bool:
+    """bf16/fp16 only when they give the fp32 units on (almost) all frames of the first batch
+    with usable audio; False while no batch had any (nothing to compare yet)."""
     check = [it.wave for it in items if it.wave is not None and not backend.too_short(len(it.wave))][:8]
+    if not check and job.dtype != "fp32":
+        return False
     note = backend.try_precision(job.dtype, check)
     if note:
         print(f"note: {note}", file=sys.stderr)
+    return True
 
 
 def _finish(job: ExtractionJob, writer: PartWriter, shard, elapsed: float, log) -> int:
