@@ -220,7 +220,8 @@ def save_final(engine, model, tokenizer, cfg, zero: int, rank: int, metadata: di
         if lora.has_lora(model):
             adapter = lora.save_adapter(cfg, state, cfg.output_dir)
             print(f"[omni_ds] LoRA adapter (peft format): {adapter}", flush=True)
-            base = lora.base_weights_16bit(cfg, next(iter(state.values())).dtype)
+            from omni_ds.precision import torch_dtype
+            base = lora.base_weights_16bit(cfg, torch_dtype(cfg.precision))
             state = lora.final_state(model, state, base)
         save_omni_folder(out, model, tokenizer, state_dict=state, metadata=metadata)
         print(f"[omni_ds] final model: {out}", flush=True)
