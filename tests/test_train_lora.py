@@ -260,3 +260,17 @@ def test_dry_run_of_the_24gb_lora_recipe(tmp_path, tiny_setup_dir, capsys, monke
     assert "FITS" in out and "dry run: OK" in out and "supervised positions" in out, out
     assert main(args + ["--set", "lora.load_in_4bit=true"], stage=1) == 0          # planning needs no GPU
     assert "frozen LLM base in 4-bit NF4" in capsys.readouterr().out
+
+
+def test_resume_with_other_lora_settings_is_refused(tiny_setup_dir):
+    """Another rank changes the adapters' shapes (the checkpoint would not load) and what trains:
+    the resume check names it before any weights load; a run without LoRA digests as before."""
+    from omni_ds.train.resume_check import check_resume, model_digest, run_identity
+    old_cfg = _cfg(tiny_setup_dir, **{"lora.rank": 8})
+    new_cfg = _cfg(tiny_setup_dir, **{"lora.rank": 16})
+    saved = {"resume_identity": run_identity(old_cfg, 4, 2, "abc"), "config": old_cfg.to_dict()}
+    with pytest.raises(ConfigError, match=r"model .*lora rank 8 .* -> .*lora rank 16"):
+        check_resume(saved, run_identity(new_cfg, 4, 2, "abc"), new_cfg, "ckpt")
+    assert check_resume(saved, run_identity(old_cfg, 4, 2, "abc"), old_cfg, "ckpt") == []
+    plain = _cfg(tiny_setup_dir).to_dict()
+    assert model_digest(plain["model"], plain["lora"]) == model_digest(plain["model"])
