@@ -110,3 +110,20 @@ def test_bad_arguments():
         DistributedBatchSampler(LENGTHS, 4, batching=Batching("bucketed"))
     with pytest.raises(ValueError, match="rank"):
         DistributedBatchSampler(LENGTHS, 4, world_size=2, rank=2)
+
+
+def test_opening_the_step_stream_leaves_the_global_rng_alone():
+    """A resumed run opens its data iterator mid-epoch, where the uninterrupted run did not: if
+    that drew from the global torch RNG (DataLoader's worker base seed), every later dropout mask
+    (LoRA's) would differ and the resume would not be exact."""
+    import torch
+    from omni_ds.train.data import StepStream
+    data = [{"x": torch.tensor([float(i)])} for i in range(8)]
+    sampler = DistributedBatchSampler([1] * 8, 2, 1, 0, seed=3)
+    stream = StepStream(data, sampler, 1, lambda items: items)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    stream.next_step()
+    assert torch.equal(torch.get_rng_state(), before)
+    resumed = StepStream(data, sampler, 1, lambda items: items, step_in_epoch=1)
+    assert [b["x"] for b in resumed.next_step()[2][0]] == [b["x"] for b in stream.next_step()[2][0]]

@@ -37,7 +37,8 @@ ELSEWHERE = {
     "bash bench/gpu_check.sh OUT --tiny": ("tests/test_bench_gpu.py", "test_gpu_check_tiny_end_to_end"),
 }
 # commands whose documented outcome is not exit 0: (exit code, what the output must say)
-EXPECT = {"python tools/estimate_memory.py --gpus 4 --gpu L40 --zero 2": (1, "DOES NOT FIT")}
+EXPECT = {"python tools/estimate_memory.py --gpus 4 --gpu L40 --zero 2": (1, "DOES NOT FIT"),
+          "python tools/estimate_memory.py --llm llama-3.1-8b --gpus 1 --gpu-memory-gib 24 --zero 2": (1, "DOES NOT FIT")}
 
 
 def elsewhere(cmd: str):

@@ -7,8 +7,8 @@ tools/infer.py must load and answer from. Checked per cell: both runs complete w
 losses, the rerun resumed from step 2, every parameter is in the run's precision (the trainable
 ones reach the optimizer in it), only the parts the stage trains hold optimizer state.
 
-    stage 1: ds_configs/*.json x {fp32, bf16, fp16}, plus gradient checkpointing and
-             freeze_backbone (bf16; ZeRO-2 and ZeRO-3)
+    stage 1: ds_configs/*.json x {fp32, bf16, fp16}, plus gradient checkpointing,
+             freeze_backbone and LoRA (lora.rank 8: adapters + projector train; bf16; ZeRO-2 and ZeRO-3)
     stage 2: ds_configs/*.json x {fp32, bf16, fp16} with the hidden-state cache (the shipped
              recipe), plus ZeRO-3 bf16 without it (the frozen LLM runs inside each step)
 fp16 runs where DeepSpeed's accelerator supports it on the machine, else the cells say skipped
@@ -43,7 +43,8 @@ TOO_SMALL_GIB = {"stage1-zero2-bf16-plain": 0.001}
 
 def _cells() -> list[tuple[int, str, str, str]]:
     cells = [(1, ds, p, "plain") for ds in DS_CONFIGS for p in PRECISIONS]
-    cells += [(1, ds, "bf16", v) for ds in ("zero2", "zero3") for v in ("gradient_checkpointing", "freeze_backbone")]
+    cells += [(1, ds, "bf16", v) for ds in ("zero2", "zero3")
+              for v in ("gradient_checkpointing", "freeze_backbone", "lora")]
     cells += [(2, ds, p, "cached") for ds in DS_CONFIGS for p in PRECISIONS]
     cells += [(2, "zero3", "bf16", "uncached")]
     return cells
@@ -68,8 +69,9 @@ def _config(stage: int, precision: str, variant: str, data: Path, out: Path) -> 
     common = dict(output_dir=str(out), precision=precision, per_device_train_batch_size=1, global_batch_size=2,
                   logging_steps=1, report_to=[], progress_bar=False, save_steps=0, eval_max_samples=2)
     if stage == 1:
+        lora = {"lora.rank": 8} if variant == "lora" else {}
         return demo_stage1_config(data, **common, gradient_checkpointing=variant == "gradient_checkpointing",
-                                  freeze_backbone=variant == "freeze_backbone")
+                                  freeze_backbone=variant == "freeze_backbone", **lora)
     return demo_stage2_config(data, **common, cache_hidden_states=variant == "cached", cache_dir=None,
                               cache_dtype="fp32" if precision == "fp32" else "bf16")
 
@@ -119,7 +121,7 @@ def _trained_parts(stage: int, variant: str) -> set:
     """Parts that hold optimizer state (omni_ds.train.param_groups.module_of names)."""
     if stage == 2:
         return {"speech_generator"}
-    return {"projector"} if variant == "freeze_backbone" else {"projector", "llm"}
+    return {"freeze_backbone": {"projector"}, "lora": {"projector", "lora"}}.get(variant, {"projector", "llm"})
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
@@ -140,6 +142,10 @@ def test_recipe_trains_checkpoints_resumes_and_exports(matrix, cell, real_clips)
     assert first["resumed_from"] is None
     assert first["memory_check_fits"] is (False if cell in TOO_SMALL_GIB else None)
     assert resumed["resumed_from"] and resumed["resumed_from"].endswith(f"step_{n_first:06d}"), resumed["resumed_from"]
+    if variant == "lora":               # the merged model: no adapter tensors in the final folder
+        from omni_ds.model.checkpoint import read_tensors
+        assert not [k for k in read_tensors(Path(resumed["final_dir"]), lambda n: True) if "lora" in k]
+        assert (Path(resumed["final_dir"]).parent / "lora_adapter" / "adapter_model.safetensors").is_file()
     answer = _infer(resumed["final_dir"], real_clips[0])
     assert len(answer["token_ids"]) >= 1
     if stage == 2:

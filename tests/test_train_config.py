@@ -185,7 +185,7 @@ def test_classic_trap_8b_zero2_on_four_l40():
     assert states == pytest.approx(gpu_bytes / 2 ** 30, rel=1e-6)
     l40 = mem.GPU_MEMORY_GIB["L40"]
     assert "DOES NOT FIT" in mem.verdict(plan, l40, "L40")
-    fits = mem.alternatives(shape, 1, 4, 4, 415, "bf16", l40)
+    fits = mem.alternatives(shape, mem.RunSettings(1, 4, 4, 415, "bf16"), l40)
     kinds = {(p.zero_stage, p.offload_optimizer, p.offload_params) for p in fits}
     assert (3, False, False) in kinds and (2, True, False) in kinds and (2, False, False) not in kinds
     z3 = mem.estimate(shape, mem.RunSettings(1, 4, 4, 415), mem.MemorySetup(3, True))

@@ -112,7 +112,9 @@ def main(argv=None) -> int:
     _check_matches(ckpt, state, model, full, args.accept_model_change)
     model.load_state_dict({k: v.contiguous() for k, v in full.items()}, strict=False)
     dtype = torch_dtype(args.dtype)
-    out = save_omni_folder(args.out, model, tokenizer, metadata={
+    from omni_ds.train.lora import final_state
+    merged = final_state(model, model.state_dict())            # a LoRA run: the merged model
+    out = save_omni_folder(args.out, model, tokenizer, state_dict=merged, metadata={
         "exported_from": str(ckpt), "step": state["step"], "stage": cfg.stage, "loss": state.get("loss"),
         "config": state["config"]}, dtype=dtype)
     print(f"export: wrote {out}")

@@ -194,7 +194,8 @@ def write_multiturn(out: Path, records: list[dict]) -> Path:
 
 
 def write_configs(out: Path) -> None:
-    """Ready training configs pointing at these files: DIR/stage1.json, DIR/stage2.json."""
+    """Ready training configs pointing at these files: DIR/stage1.json, DIR/stage2.json,
+    DIR/stage1_multiturn.json (the dialogues), DIR/stage1_lora.json (LoRA on the LLM)."""
     from omni_ds.train.demo import demo_stage1_config, demo_stage2_config
     (out / "stage1.json").write_text(json.dumps(demo_stage1_config(out), indent=1) + "\n")
     (out / "stage2.json").write_text(json.dumps(demo_stage2_config(out), indent=1) + "\n")
@@ -203,6 +204,11 @@ def write_configs(out: Path) -> None:
     multiturn["_comment"] = ("stage 1 on the demo's dialogues (released InstructS2S layout): "
                              "deepspeed --num_gpus 2 launch/stage1.py --config DIR/stage1_multiturn.json --ds ds_configs/zero2.json")
     (out / "stage1_multiturn.json").write_text(json.dumps(multiturn, indent=1) + "\n")
+    lora = demo_stage1_config(out, **{"lora.rank": 8, "output_dir": str(out.resolve() / "runs" / "stage1_lora")})
+    lora["_comment"] = ("stage 1 with LoRA (r=8) on the tiny LLM, the projector trained fully; final/ is the merged "
+                        "model, lora_adapter/ the peft adapter: "
+                        "deepspeed --num_gpus 2 launch/stage1.py --config DIR/stage1_lora.json --ds ds_configs/zero2.json")
+    (out / "stage1_lora.json").write_text(json.dumps(lora, indent=1) + "\n")
 
 
 def main(argv=None) -> int:

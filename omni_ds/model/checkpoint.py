@@ -209,14 +209,16 @@ def _inline_encoder_config(folder: Path, raw_config: dict, state: dict[str, torc
 # ---- public API ----------------------------------------------------------------------------------------------
 def build_from_parts(whisper_path: str | Path, llm_path: str | Path, omni_config: OmniConfig,
                      tokenizer_path: str | Path | None = None, dtype: torch.dtype = torch.float32,
-                     attn_implementation: str = "sdpa"):
+                     attn_implementation: str = "sdpa", quantization=None):
     """Stage 1 start: a Whisper folder (or .pt) + a causal-LM folder (+ tokenizer) -> model.
 
     Under ZeRO-3 create an HfDeepSpeedConfig first, so transformers' from_pretrained partitions
     the LLM while loading; the speech parts are built whole (deepspeed.initialize partitions them).
+    `quantization`: a transformers quantization config for the LLM (QLoRA's 4-bit base, on this
+    process's CUDA device).
     """
     whisper_config, enc_state = load_whisper_encoder_weights(whisper_path)
-    llm = _load_llm(llm_path, dtype, attn_implementation)
+    llm = _load_llm(llm_path, dtype, attn_implementation, quantization=quantization)
     omni_config = omni_config.replace(speech_encoder=str(whisper_path))
     model = OmniSpeechModel(omni_config, whisper_config, llm)
     cast_parameters(model, dtype)
@@ -235,13 +237,16 @@ def resolve_attn_implementation(name: str) -> str:
         return "sdpa"
 
 
-def _load_llm(path, dtype, attn_implementation, config=None):
+def _load_llm(path, dtype, attn_implementation, config=None, quantization=None):
     attn_implementation = resolve_attn_implementation(attn_implementation)
     quiet = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()   # LLaMA-Omni folders hold non-LLM weights: expected "unused"
+    extra = {}
+    if quantization is not None:       # bitsandbytes quantizes while placing the weights on the GPU
+        extra = {"quantization_config": quantization, "device_map": {"": int(os.environ.get("LOCAL_RANK", 0))}}
     try:
         return AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=dtype,
-                                                    attn_implementation=attn_implementation)
+                                                    attn_implementation=attn_implementation, **extra)
     finally:
         hf_logging.set_verbosity(quiet)
 

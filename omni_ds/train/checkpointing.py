@@ -226,16 +226,25 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_final(engine, model, tokenizer, output_dir: str, zero: int, rank: int, metadata: dict) -> Path:
-    """output_dir/final in the LLaMA-Omni layout; under ZeRO-3 from the gathered 16-bit weights."""
+def save_final(engine, model, tokenizer, cfg, zero: int, rank: int, metadata: dict) -> Path:
+    """output_dir/final in the LLaMA-Omni layout; under ZeRO-3 from the gathered 16-bit weights.
+    A LoRA run's final folder holds the merged model (no adapter tensors) and its adapter goes to
+    output_dir/lora_adapter in peft's format (omni_ds.train.lora)."""
     import torch.distributed as dist
     from omni_ds.model.checkpoint import save_omni_folder
-    out = Path(output_dir) / "final"
+    from omni_ds.train import lora
+    out = Path(cfg.output_dir) / "final"
     if zero == 3:
         state = engine._zero3_consolidated_16bit_state_dict()      # collective; full dict on rank 0
     else:
         state = {k: v.detach().cpu() for k, v in engine.module.state_dict().items()} if rank == 0 else None
     if rank == 0:
+        if lora.has_lora(model):
+            adapter = lora.save_adapter(cfg, state, cfg.output_dir)
+            print(f"[omni_ds] LoRA adapter (peft format): {adapter}", flush=True)
+            from omni_ds.precision import torch_dtype
+            base = lora.base_weights_16bit(cfg, torch_dtype(cfg.precision))
+            state = lora.final_state(model, state, base)
         save_omni_folder(out, model, tokenizer, state_dict=state, metadata=metadata)
         print(f"[omni_ds] final model: {out}", flush=True)
     if dist.is_initialized():

@@ -46,7 +46,11 @@ class StepStream:
 
     def _open(self) -> None:
         self.sampler.set_epoch(self.epoch, self.step_in_epoch * self.gas)
-        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler,
+        # The loader's own generator: iter(DataLoader) draws its workers' base seed from it, and
+        # from the global torch RNG without one. A resumed run opens its iterator mid-epoch, where
+        # the uninterrupted run did not, so that draw would shift every later dropout mask (LoRA's).
+        seeded = torch.Generator().manual_seed(int(getattr(self.sampler, "seed", 0)) * 100_003 + self.epoch)
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=self.sampler, generator=seeded,
                                              collate_fn=self.collate, num_workers=self.num_workers)
         self._it = iter(loader)
 

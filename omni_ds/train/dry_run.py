@@ -76,7 +76,20 @@ def model_shape(cfg: TrainConfig) -> tuple[mem.ModelShape, int]:
         projector_params=mem.projector_param_count(w["d_model"], llm_cfg.hidden_size, k, proj_h),
         decoder_params=mem.ctc_decoder_param_count(llm_cfg.hidden_size, layers, width, heads, ffn),
         decoder_hidden=width, decoder_intermediate=ffn, decoder_layers=layers)
+    if cfg.lora.enabled:
+        shape.lora_params, shape.lora_rank = _lora_params(llm, cfg), cfg.lora.rank
     return shape, w["d_model"]
+
+
+def _lora_params(llm, cfg: TrainConfig) -> int:
+    """The adapters' parameter count: peft adapts the linear layers whose name ends in a target."""
+    targets = set(cfg.lora.target_modules)
+    linears = [(m.in_features, m.out_features) for name, m in llm.named_modules()
+               if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in targets]
+    if not linears:
+        raise ConfigError(f"config key 'lora.target_modules' = {cfg.lora.target_modules!r}: no linear layer "
+                          f"of the LLM has such a name")
+    return mem.lora_param_count(linears, cfg.lora.rank)
 
 
 def dry_run(cfg: TrainConfig, ds_path: str, ds_raw: dict, world_size: Optional[int],
@@ -95,7 +108,7 @@ class DryRun:
     def __init__(self, cfg: TrainConfig, world: int, out=print):
         self.cfg, self.world, self.out = cfg, world, out
         self.problems: list[str] = []
-        self.shape, self.seq_len = None, 415
+        self.shape, self.seq_len, self.answer_len = None, 415, None
         self.train_data = None          # (usable samples, manifest sha256) for the resume check
 
     def run(self, ds_path: str, ds_raw: dict, gpu: Optional[str], gpu_gib: Optional[float]) -> int:
@@ -110,7 +123,8 @@ class DryRun:
         fits = True
         if self.shape is not None:
             device = device_memory(gpu, gpu_gib, self.problems)
-            fits = memory_report(self.cfg, ds, self.shape, self.world, self.micro, self.seq_len, device, self.out)
+            run = run_settings(self.cfg, self.world, self.micro, self.seq_len, self.answer_len)
+            fits = memory_report(self.cfg, ds, self.shape, run, device, self.out)
         for p in self.problems:
             self.out(f"  ERROR {p}")
         ok = not self.problems and fits
@@ -146,6 +160,11 @@ class DryRun:
         self.shape = shape
         trainable = (shape.projector_params + (0 if cfg.model.freeze_backbone else shape.llm_params)
                      if cfg.stage == 1 else shape.decoder_params)
+        if cfg.lora.enabled:
+            trainable = shape.projector_params + shape.lora_params
+            self.out(f"  LoRA r={cfg.lora.rank} (alpha {cfg.lora.scale_alpha():g}) on {', '.join(cfg.lora.target_modules)}: "
+                     f"{_n(shape.lora_params)} adapter params; the LLM's {_n(shape.llm_params)} frozen"
+                     + (" in 4-bit NF4 (QLoRA)" if cfg.lora.load_in_4bit else ""))
         self.out(f"  model: LLM {_n(shape.llm_params)} (hidden {shape.hidden_size}, {shape.num_layers} layers, "
                  f"vocab {shape.vocab_size}), encoder {_n(shape.encoder_params)} (frozen), projector "
                  f"{_n(shape.projector_params)}, speech decoder {_n(shape.decoder_params)}; "
@@ -220,6 +239,7 @@ class DryRun:
         cfg = self.cfg
         lengths = report.lengths[report.good]
         self.seq_len = int(lengths.max())
+        self.answer_len = int(report.n_answer[report.good].max())    # what reaches the LM head
         self.out(f"    LLM positions per sample: mean {lengths.mean():.0f}, max {self.seq_len} "
                  "(memory is planned for the max)")
         sampler = DistributedBatchSampler(lengths, self.micro, self.world, 0, cfg.seed,
@@ -306,19 +326,25 @@ def _ds_config_for(plan) -> str:
     return f"ds_configs/{name}" + (", gradient_checkpointing true" if plan.gradient_checkpointing else "")
 
 
-def memory_report(cfg: TrainConfig, ds: dict, shape, world: int, micro: int, seq_len: int,
+def run_settings(cfg: TrainConfig, world: int, micro: int, seq_len: int, answer_len: Optional[int] = None):
+    """The memory model's RunSettings of a config; `answer_len` None: every position reaches the
+    LM head (an upper bound)."""
+    return mem.RunSettings(cfg.stage, world, micro, seq_len, cfg.precision, cfg.model.freeze_backbone,
+                           lora=cfg.lora.enabled, quantized_base=cfg.lora.load_in_4bit, answer_len=answer_len)
+
+
+def memory_report(cfg: TrainConfig, ds: dict, shape, run: mem.RunSettings,
                   device: tuple[Optional[float], str], out=print) -> bool:
     """Print the per-GPU memory estimate, the verdict and, when it does not fit, what fits
     instead; True when it fits (or nothing is known to compare with). `device`: (GiB, name)."""
     gpu_mem, name = device
-    run = mem.RunSettings(cfg.stage, world, micro, seq_len, cfg.precision, cfg.model.freeze_backbone)
     plan = mem.estimate(shape, run, mem.MemorySetup(zero_stage(ds), cfg.model.gradient_checkpointing,
                                                      offload_optimizer(ds), offload_params(ds)))
-    out(f"  memory per GPU (sequence {seq_len} LLM positions): {plan.describe()}")
+    out(f"  memory per GPU (sequence {run.seq_len} LLM positions): {plan.describe()}")
     out(f"  {mem.verdict(plan, gpu_mem, name)}")
     if gpu_mem is None or plan.total_gib <= gpu_mem:
         return True
-    alts = mem.alternatives(shape, cfg.stage, world, micro, seq_len, cfg.precision, gpu_mem, cfg.model.freeze_backbone)
+    alts = mem.alternatives(shape, run, gpu_mem)
     if alts:
         out("  what fits instead:")
         for a in alts:
@@ -339,7 +365,7 @@ def run_memory_check(cfg: TrainConfig, ds: dict, shape, world: int, micro: int, 
     if gpu_mem is None or shape is None:
         out("  memory check: no CUDA device and no --gpu / --gpu-memory-gib: skipped")
         return None
-    fits = memory_report(cfg, ds, shape, world, micro, longest, device, out)
+    fits = memory_report(cfg, ds, shape, run_settings(cfg, world, micro, longest), device, out)
     if not fits:
         out(f"  WARNING: by this estimate the run does not fit {name}; it goes on, but expect an "
             "out-of-memory error: change the recipe as listed above")

@@ -11,6 +11,13 @@ attention, so no L² score matrix): ~34·s·h bytes per token·layer for a Llama
 recompute (SwiGLU width adds 3·I·s·2 bytes), 2·s·h per layer with full recompute plus one layer
 live; fp32 logits for the loss; plus a fixed framework overhead (CUDA context, allocator slack,
 communication buckets). Sizes are GiB (2^30 bytes), as nvidia-smi and torch report them.
+
+LoRA (stage 1, config section `lora`): Ψ is then the projector plus the adapters (r·(in + out)
+per adapted linear layer), and the whole LLM joins the frozen weights: 2 bytes per parameter in
+16 bits, or with QLoRA's 4-bit NF4 base 4.127 bits per quantized parameter (NF4 + double-quantized
+absmax) while the embeddings and the LM head (not quantized by bitsandbytes) keep 2 bytes.
+The logits line counts the supervised positions only when their number is given (the model
+sends only those through the LM head); otherwise every position, an upper bound.
 """
 from __future__ import annotations
 
@@ -59,6 +66,33 @@ class ModelShape:
     decoder_hidden: int = 4096
     decoder_intermediate: int = 11008
     decoder_layers: int = 2
+    lora_params: int = 0            # the LoRA adapters' parameters at the planned rank (0: no LoRA)
+    lora_rank: Optional[int] = None
+
+
+LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def llama_linear_shapes(hidden_size, num_attention_heads, num_key_value_heads, intermediate_size,
+                        **_) -> dict[str, tuple[int, int]]:
+    """(in, out) features of each linear layer of one Llama decoder layer, by name."""
+    h, kv = hidden_size, hidden_size // num_attention_heads * num_key_value_heads
+    i = intermediate_size
+    return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+            "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+
+def lora_param_count(linears: list[tuple[int, int]], rank: int) -> int:
+    """Adapter parameters: A (r x in) and B (out x r) per adapted linear layer of the whole LLM."""
+    return sum(rank * (n_in + n_out) for n_in, n_out in linears)
+
+
+def with_lora(shape: "ModelShape", llm: dict, rank: int, targets=LLAMA_LINEARS) -> "ModelShape":
+    """`shape` planned for LoRA of `rank` on the `targets` of every layer of a preset-shaped LLM."""
+    per_layer = [dims for name, dims in llama_linear_shapes(**llm).items() if name in targets]
+    shape.lora_params = lora_param_count(per_layer * llm["num_hidden_layers"], rank)
+    shape.lora_rank = rank
+    return shape
 
 
 def llama_param_count(hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads,
@@ -122,8 +156,9 @@ class MemoryPlan:
         head = (f"ZeRO-{self.zero_stage}{' (' + off + ')' if off else ''}, {self.world_size} GPU(s), "
                 f"micro batch {self.micro_batch} x {self.seq_len} positions, "
                 f"recompute {'on' if self.gradient_checkpointing else 'off'}, {self.precision}")
-        body = "\n".join(f"    {k:<44s} {v:8.2f} GiB" for k, v in self.lines.items())
-        return f"{head}\n{body}\n    {'total per GPU':<44s} {self.total_gib:8.2f} GiB"
+        w = max(44, *(len(k) for k in self.lines))
+        body = "\n".join(f"    {k:<{w}s} {v:8.2f} GiB" for k, v in self.lines.items())
+        return f"{head}\n{body}\n    {'total per GPU':<{w}s} {self.total_gib:8.2f} GiB"
 
 
 def model_states_gib(psi: int, zero_stage: int, n: int, largest: int, off_opt: bool, off_par: bool) -> float:
@@ -154,6 +189,9 @@ class RunSettings:
     seq_len: int                    # LLM positions per sample (plan for the longest)
     precision: str = "bf16"
     freeze_backbone: bool = False   # stage 1: the LLM frozen too, only the projector trains
+    lora: bool = False              # stage 1: LoRA adapters (shape.lora_params) train, the LLM is frozen
+    quantized_base: bool = False    # QLoRA: the frozen LLM base in 4-bit NF4
+    answer_len: Optional[int] = None  # supervised positions per sample (None: all seq_len, a bound)
 
 
 @dataclass(frozen=True)
@@ -167,6 +205,9 @@ class MemorySetup:
 
 def _param_split(shape: ModelShape, run: RunSettings) -> tuple[int, int, int]:
     """(trainable, frozen, largest trainable layer) parameter counts of the run's stage."""
+    if run.stage == 1 and run.lora:
+        return shape.projector_params + shape.lora_params, shape.encoder_params + shape.llm_params, \
+            shape.llm_largest_layer
     if run.stage == 1:
         trainable = shape.projector_params + (0 if run.freeze_backbone else shape.llm_params)
         frozen = shape.encoder_params + (shape.llm_params if run.freeze_backbone else 0)
@@ -186,8 +227,12 @@ def _activation_lines(shape: ModelShape, run: RunSettings, gradient_checkpointin
             acts = L * s * h * act_bytes + per_layer
         else:
             acts = L * per_layer
+        if run.answer_len is None:
+            return {"LLM activations": acts / GIB,
+                    "logits + loss (fp32, upper bound)": 2 * s * shape.vocab_size * 4 / GIB}
+        supervised = run.micro_batch * min(run.answer_len, run.seq_len)
         return {"LLM activations": acts / GIB,
-                "logits + loss (fp32, upper bound)": 2 * s * shape.vocab_size * 4 / GIB}
+                f"logits + loss (fp32, {supervised} supervised positions)": 2 * supervised * shape.vocab_size * 4 / GIB}
     dec_s = run.micro_batch * 25 * 60
     per_layer = dec_s * (34 * shape.decoder_hidden + 3 * shape.decoder_intermediate * 2)
     acts = shape.decoder_layers * per_layer + dec_s * 1001 * 4 * 2
@@ -195,32 +240,45 @@ def _activation_lines(shape: ModelShape, run: RunSettings, gradient_checkpointin
             "frozen LLM forward (one layer live)": s * (34 * h) / GIB}
 
 
+def _frozen_lines(shape: ModelShape, run: RunSettings, setup: MemorySetup, frozen: int) -> dict:
+    """The frozen weights' line(s): 16-bit (fp32 in an fp32 run), / N under ZeRO-3 unless offloaded;
+    QLoRA's LLM base apart, in 4-bit NF4 with 16-bit embeddings and LM head."""
+    n = run.world_size if setup.zero_stage >= 3 and not setup.offload_par else 1
+    per = 4 if run.precision == "fp32" else 2
+    lines = {}
+    if run.quantized_base:
+        unquantized = min(2 * shape.vocab_size * shape.hidden_size, shape.llm_params)
+        lines[f"frozen LLM base in 4-bit NF4, {shape.llm_params / 1e9:.2f} B"] = \
+            ((shape.llm_params - unquantized) * 4.127 / 8 + unquantized * 2) / GIB
+        frozen -= shape.llm_params
+    lines[f"frozen weights, {frozen / 1e9:.2f} B" + (" / N" if n > 1 else "")] = frozen * per / n / GIB
+    return lines
+
+
 def estimate(shape: ModelShape, run: RunSettings, setup: MemorySetup, overhead_gib: float = 2.0) -> MemoryPlan:
     trainable, frozen, largest = _param_split(shape, run)
     plan = MemoryPlan(run.stage, setup.zero_stage, setup.offload_opt, setup.offload_par, run.world_size,
                       run.micro_batch, run.seq_len, setup.gradient_checkpointing, run.precision,
                       trainable, frozen)
-    plan.lines[f"model states, {trainable / 1e9:.2f} B trainable"] = model_states_gib(
+    what = f"LoRA r={shape.lora_rank} + projector, " if run.lora and run.stage == 1 else ""
+    plan.lines[f"model states, {what}{trainable / 1e9:.2f} B trainable"] = model_states_gib(
         trainable, setup.zero_stage, run.world_size, largest, setup.offload_opt, setup.offload_par)
     # under ZeRO-3 the frozen weights are partitioned too, unless they are offloaded to the CPU
-    frozen_n = run.world_size if setup.zero_stage >= 3 and not setup.offload_par else 1
-    frozen_bytes = 4 if run.precision == "fp32" else 2
-    plan.lines[f"frozen weights, {frozen / 1e9:.2f} B" + (" / N" if frozen_n > 1 else "")] = \
-        frozen * frozen_bytes / frozen_n / GIB
+    plan.lines.update(_frozen_lines(shape, run, setup, frozen))
     plan.lines.update(_activation_lines(shape, run, setup.gradient_checkpointing))
     plan.lines["framework overhead (context, buckets, slack)"] = overhead_gib
     return plan
 
 
-def alternatives(shape: ModelShape, stage: int, world_size: int, micro_batch: int, seq_len: int,
-                 precision: str, gpu_gib: float, freeze_backbone: bool = False) -> list[MemoryPlan]:
+def alternatives(shape: ModelShape, run: RunSettings, gpu_gib: float) -> list[MemoryPlan]:
     """Setups that fit in gpu_gib, cheapest in communication and host memory first."""
     options = [(2, False, False, False), (2, False, False, True), (3, False, False, False),
                (3, False, False, True), (2, True, False, True), (3, True, False, True),
                (3, True, True, True)]
-    run = RunSettings(stage, world_size, micro_batch, seq_len, precision, freeze_backbone)
     out = []
     for z, oo, op, gc in options:
+        if run.quantized_base and z == 3:           # a 4-bit base is not partitioned by ZeRO-3
+            continue
         p = estimate(shape, run, MemorySetup(z, gc, oo, op))
         if p.total_gib <= gpu_gib:
             out.append(p)

@@ -1,7 +1,9 @@
 """Which parameters train, and in which optimizer group (LLaVA-style, by parameter NAME).
 
 Groups, by internal prefix (docs/ARCHITECTURE.md): `speech_projector.*` at `speech_projector_lr`
-(falls back to `learning_rate`), `llm.*` and `speech_generator.*` at `learning_rate`. Inside each,
+(falls back to `learning_rate`), `llm.*` and `speech_generator.*` at `learning_rate`; with LoRA
+(config section `lora`) the LLM's adapter tensors (`llm.*.lora_A.*` / `.lora_B.*`) are the group
+"lora" at `learning_rate`, and the LLM's own weights are frozen. Inside each,
 biases and normalisation weights get no weight decay. Frozen parameters (`requires_grad=False`: the
 Whisper encoder always; the LLM under `freeze_backbone`; everything but the decoder in stage 2)
 are left out, so they hold no optimizer state and receive no gradient.
@@ -31,6 +33,8 @@ def no_weight_decay(name: str) -> bool:
 
 
 def module_of(name: str) -> str:
+    if name.startswith("llm.") and ".lora_" in name:      # peft's adapter tensors in the LLM
+        return "lora"
     for prefix, group in PREFIX_GROUPS:
         if name.startswith(prefix):
             return group
@@ -57,7 +61,7 @@ def build_param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     if not groups:
         raise RuntimeError(f"stage {cfg.stage}: no trainable parameters (freeze_backbone="
                            f"{cfg.model.freeze_backbone}); nothing to optimise")
-    order = ["projector", "projector_no_decay", "llm", "llm_no_decay", "speech_generator",
+    order = ["projector", "projector_no_decay", "lora", "lora_no_decay", "llm", "llm_no_decay", "speech_generator",
              "speech_generator_no_decay", "other", "other_no_decay"]
     return [groups[k] for k in order if k in groups]
 

@@ -41,9 +41,12 @@ def seed_everything(seed: int) -> None:
 def build_model(cfg: TrainConfig, ds: dict, dtype: Optional[torch.dtype] = None):
     """Model + tokenizer, every parameter in the training precision (omni_ds.precision: DeepSpeed
     keeps fp32 masters of the trainable ones), or in `dtype` (export reads fp32 masters into fp32).
-    Under ZeRO-3 the LLM is partitioned while it loads."""
+    Under ZeRO-3 the LLM is partitioned while it loads. With `lora.rank` the LLM gets peft's
+    adapters (omni_ds.train.lora) and only they and the projector train."""
     from omni_ds.model.checkpoint import build_from_parts, load_omni_folder
+    from omni_ds.train import lora
     dtype = dtype or torch_dtype(cfg.precision)
+    lora.check_quantization(cfg, zero_stage(ds))
     keep = None
     if zero_stage(ds) == 3:
         from transformers.integrations import HfDeepSpeedConfig
@@ -59,17 +62,20 @@ def build_model(cfg: TrainConfig, ds: dict, dtype: Optional[torch.dtype] = None)
                                       with_speech_generator=_with_generator(cfg))
     else:
         model, tok = build_from_parts(cfg.model.whisper_path, cfg.model.llm_path, omni, tokenizer_path=cfg.model.tokenizer_path,
-                                      dtype=dtype, attn_implementation=cfg.model.attn_implementation)
+                                      dtype=dtype, attn_implementation=cfg.model.attn_implementation,
+                                      quantization=lora.quantization_config(cfg, dtype))
     if model.omni_config.replace(speech_encoder=omni.speech_encoder) != omni:
         raise RuntimeError(f"the model's OmniConfig {model.omni_config} is not the planned {omni}")
     model._omni_ds_hf_ds_config = keep
-    model.set_stage(cfg.stage, freeze_backbone=cfg.model.freeze_backbone)
+    model.set_stage(cfg.stage, freeze_backbone=cfg.model.freeze_backbone or cfg.lora.enabled)
+    if cfg.lora.enabled:
+        lora.apply_lora(model, cfg, dtype)
     for name, p in model.named_parameters():
         if name.startswith("speech_encoder.") and p.requires_grad:
             raise RuntimeError(f"{name}: the Whisper encoder must stay frozen")
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    check_parameter_dtypes(model, dtype)
+    check_parameter_dtypes(model, dtype, also=("uint8",) if cfg.lora.load_in_4bit else ())
     return model, tok
 
 
@@ -95,11 +101,12 @@ def effective_omni_config(cfg: TrainConfig):
         raise ConfigError(f"config key 'model.omni' = {cfg.model.omni!r}: {e}") from None
 
 
-def check_parameter_dtypes(model, dtype: torch.dtype) -> None:
+def check_parameter_dtypes(model, dtype: torch.dtype, also: tuple = ()) -> None:
     """Every parameter in the engine's dtype before deepspeed.initialize sees it: a mixture fails
-    deep inside ZeRO-3 (an assert in its flat-buffer defragment) or trains a part in another dtype."""
+    deep inside ZeRO-3 (an assert in its flat-buffer defragment) or trains a part in another dtype.
+    `also`: dtypes allowed besides (QLoRA's frozen 4-bit base is stored as uint8)."""
     want = str(dtype).replace("torch.", "")
-    off = {part: sorted(d) for part, d in parameter_dtypes(model).items() if d != {want}}
+    off = {part: sorted(d) for part, d in parameter_dtypes(model).items() if not d <= {want, *also}}
     if off:
         raise RuntimeError(f"model parameters are not all {want} before the engine starts: {off}")
 
@@ -265,6 +272,9 @@ def describe_run(t) -> dict:
                     if d is not None and _report_of(d) is not None}
     if t.cache_info is not None:
         info["hidden_cache"] = t.cache_info
+    if cfg.lora.enabled:
+        from omni_ds.train.lora import describe
+        info["lora"] = describe(cfg)
     t.log(f"world {t.world}, micro {t.micro} x GAS {t.gas} = global batch {t.global_batch}; "
           f"{len(t.train_set)} samples, {steps_per_epoch} steps/epoch, {t.total_steps} steps, {t.n_warmup} warmup; "
           f"trainable {counts['trainable'] / 1e6:.2f} M of {counts['total'] / 1e6:.2f} M params; ZeRO-{zero_stage(t.ds)}")

@@ -10,7 +10,9 @@ Every checkpoint's omni_ds_state.json holds `resume_identity`:
     model           a digest of the folders the run starts from (init_from, or whisper_path +
                     llm_path + tokenizer_path): their config, tokenizer and weight files, by
                     hidden_cache.file_fingerprint (content of small files; name, size and mtime
-                    of weights, so a copied folder reads as changed)
+                    of weights, so a copied folder reads as changed); with LoRA also its
+                    settings (rank, alpha, dropout, target modules, 4-bit base): the adapters'
+                    shapes and what trains
 
 A resume that changes any of them is refused with one message naming each (old -> new) and the two
 ways out: start fresh, or list them in checkpoint.accept_changes. A checkpoint saved before these
@@ -22,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Optional
 
 from omni_ds.train.config import ConfigError
 from omni_ds.train.config.sections import RESUME_ITEMS
@@ -34,14 +37,17 @@ def _batching(batch: dict) -> str:
     return f"{mode} (max_tokens_per_batch {batch.get('max_tokens_per_batch')})" if mode == "token_budget" else mode
 
 
-def model_digest(model: dict) -> str:
-    """Digest of the model folders a run starts from (init_from replaces the parts)."""
+def model_digest(model: dict, lora: Optional[dict] = None) -> str:
+    """Digest of the model folders a run starts from (init_from replaces the parts), and of the
+    LoRA settings when LoRA is on (a run without it digests as before LoRA existed)."""
     from omni_ds.train.hidden_cache import folder_fingerprint
     names = ("init_from", "tokenizer_path") if model.get("init_from") else _MODEL_FOLDERS[1:]
     h = hashlib.sha256()
     for name in names:
         if model.get(name):
             h.update(f"{name}|{folder_fingerprint(Path(model[name]))}|".encode())
+    if lora and lora.get("rank") is not None:
+        h.update(f"lora|{json.dumps(lora, sort_keys=True)}|".encode())
     return h.hexdigest()[:16]
 
 
@@ -49,7 +55,8 @@ def run_identity(cfg, global_batch: int, train_samples: int, manifest_digest: st
     """This run's values of RESUME_ITEMS (saved with every checkpoint)."""
     c = cfg.to_dict()
     return {"seed": cfg.seed, "train_manifest": manifest_digest, "train_samples": int(train_samples),
-            "batching": _batching(c["batch"]), "global_batch": int(global_batch), "model": model_digest(c["model"])}
+            "batching": _batching(c["batch"]), "global_batch": int(global_batch),
+            "model": model_digest(c["model"], c.get("lora"))}
 
 
 def saved_identity(saved: dict) -> tuple[dict, list[str]]:
@@ -69,6 +76,9 @@ def _shown(item: str, value, config: dict) -> str:
         return f"{str(value)[:12]} ({config.get('data', {}).get('train_manifest')})"
     if item == "model":
         where = ", ".join(f"{k} {v}" for k, v in config.get("model", {}).items() if k in _MODEL_FOLDERS and v)
+        lora = config.get("lora") or {}
+        if lora.get("rank") is not None:
+            where += f", lora rank {lora['rank']} alpha {lora.get('alpha')} on {lora.get('target_modules')}"
         return f"{value} ({where})"
     return json.dumps(value)
 

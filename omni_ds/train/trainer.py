@@ -373,7 +373,7 @@ class Trainer:
             self.evaluate()
         if not self.cfg.checkpoint.save_final:
             return None
-        return save_final(self.engine, self.model, self.tokenizer, self.cfg.output_dir, zero_stage(self.ds),
+        return save_final(self.engine, self.model, self.tokenizer, self.cfg, zero_stage(self.ds),
                           self.rank, {"stage": self.cfg.stage, "steps": self.state.step,
                                       "final_loss": self.state.last_loss, "config": self.cfg.to_dict()})
 

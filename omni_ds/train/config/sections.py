@@ -43,6 +43,43 @@ class ModelSection:
     RANGES = {}
 
 
+LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoraSection:
+    """Stage 1 with LoRA adapters on the LLM (through peft) instead of training all its weights:
+    the LLM's base weights stay frozen in the training precision, the adapters train at
+    optim.learning_rate (their own parameter group, "lora"), the projector trains fully at
+    optim.speech_projector_lr. output_dir/final is the merged model (a plain LLaMA-Omni folder);
+    output_dir/lora_adapter holds the adapter in peft's own format."""
+    rank: Optional[int] = None
+    """LoRA rank r; null: no LoRA (the whole LLM trains, or none of it with freeze_backbone)."""
+    alpha: Optional[float] = None
+    """LoRA alpha: the adapter's update is scaled by alpha / rank; null: 2 x rank."""
+    dropout: float = 0.05
+    """Dropout on the adapters' input."""
+    target_modules: list = field(default_factory=lambda: list(LLAMA_PROJECTIONS))
+    """Names of the LLM's linear layers that get adapters; the default is every attention and MLP
+    projection of a Llama / Qwen2 layer."""
+    load_in_4bit: bool = False
+    """QLoRA: the frozen LLM base in 4-bit NF4 (bitsandbytes; needs a CUDA GPU, ZeRO-0/1/2).
+    The merged final folder is built on the 16-bit base read again from model.llm_path."""
+
+    RANGES = {"rank": (lambda v: v >= 1, "must be >= 1 or null (no LoRA)"),
+              "alpha": (lambda v: v > 0, "must be > 0 or null (2 x rank)"),
+              "dropout": OpenUnit,
+              "target_modules": (lambda v: bool(v) and all(isinstance(x, str) and x for x in v),
+                                 "must be a non-empty list of module names (e.g. \"q_proj\")")}
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank is not None
+
+    def scale_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else 2.0 * self.rank
+
+
 @dataclass
 class DataSection:
     """The manifests, the prompt and how samples are loaded."""
@@ -246,5 +283,5 @@ class DebugSection:
 
 
 # section name -> class, in the order a config file lists them
-SECTIONS = {"model": ModelSection, "data": DataSection, "batch": BatchSection, "optim": OptimSection,
+SECTIONS = {"model": ModelSection, "lora": LoraSection, "data": DataSection, "batch": BatchSection, "optim": OptimSection,
             "checkpoint": CheckpointSection, "eval": EvalSection, "log": LogSection, "debug": DebugSection}

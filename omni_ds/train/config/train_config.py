@@ -7,7 +7,7 @@ from typing import Literal
 
 from omni_ds.train.config.checks import ConfigError, bad, check_omni_overrides, check_section
 from omni_ds.train.config.sections import (SECTIONS, BatchSection, CheckpointSection, DataSection,
-                                           DebugSection, EvalSection, LogSection, ModelSection,
+                                           DebugSection, EvalSection, LogSection, LoraSection, ModelSection,
                                            OptimSection)
 
 
@@ -27,6 +27,7 @@ class TrainConfig:
     may be silent (no heartbeat: stopped, frozen) before the job ends naming it (exit 3;
     omni_ds.train.stall_watch). Fractions of a minute are allowed."""
     model: ModelSection = field(default_factory=ModelSection)
+    lora: LoraSection = field(default_factory=LoraSection)
     data: DataSection = field(default_factory=DataSection)
     batch: BatchSection = field(default_factory=BatchSection)
     optim: OptimSection = field(default_factory=OptimSection)
@@ -61,6 +62,10 @@ class TrainConfig:
             bad("data.supervise_turns", d.supervise_turns, 'is a stage 1 option (stage 2 trains on every answer: "all")')
         if self.stage == 2 and m.freeze_backbone:
             bad("model.freeze_backbone", True, "is a stage 1 option (stage 2 always trains the decoder only)")
+        if self.lora.enabled:
+            self._check_lora()
+        elif self.lora.load_in_4bit:
+            bad("lora.load_in_4bit", True, "needs lora.rank (QLoRA trains LoRA adapters on the 4-bit base)")
         if not d.train_manifest:
             bad("data.train_manifest", d.train_manifest, "a manifest path is required")
         if self.optim.max_steps is None and not self.optim.num_train_epochs > 0:
@@ -80,6 +85,13 @@ class TrainConfig:
             bad("eval.vocoder", e.vocoder, "vocodes sample answers of the validation set: set data.val_manifest")
         if e.sample_answers == 0:
             bad("eval.vocoder", e.vocoder, "vocodes sample answers: eval.sample_answers must be >= 1")
+
+    def _check_lora(self) -> None:
+        if self.stage != 1:
+            bad("lora.rank", self.lora.rank, "is a stage 1 option (stage 2 trains the speech decoder only)")
+        if self.model.freeze_backbone:
+            bad("lora.rank", self.lora.rank, "and model.freeze_backbone exclude each other (LoRA trains "
+                "adapters on the LLM; freeze_backbone trains none of it)")
 
     def to_dict(self) -> dict:
         """The nested form, as a config file writes it (and build_config reads it back)."""
