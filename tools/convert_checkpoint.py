@@ -29,7 +29,7 @@ def _refusal(ckpt: Path, out: Path):
         return (f"{ckpt} is a ZeRO-3 checkpoint: DeepSpeed's universal conversion does not restore its optimizer "
                 "exactly; resume it at the world size that saved it")
     state = json.loads((ckpt / STATE_FILE).read_text())
-    problems = file_problems(ckpt, int(state.get("world_size") or 1))
+    problems = file_problems(ckpt, int(state.get("world_size") or 1), state.get("zero_stage"))
     if problems:
         return "; ".join(problems)
     if out.exists() and any(out.iterdir()):

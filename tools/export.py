@@ -65,7 +65,8 @@ def _check_matches(ckpt: Path, state: dict, model, full: dict, accept_change: bo
                          f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                          f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
     saved = state.get("resume_identity", {}).get("model")
-    if set(own) - set(full) and saved and saved != model_digest(state["config"]["model"]) and not accept_change:
+    now = model_digest(state["config"]["model"], state["config"].get("lora"))     # as the run's identity
+    if set(own) - set(full) and saved and saved != now and not accept_change:
         raise SystemExit(f"error: checkpoint {ckpt} holds the trained parameters only; the frozen ones come from "
                          f"the folders its config names ({_folders(state['config']['model'])}), which changed "
                          "since it was saved (a digest of their files; a copy with new mtimes counts as changed): "

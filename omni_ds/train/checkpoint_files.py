@@ -2,6 +2,7 @@
 and the run share it): every DeepSpeed shard of the world size that saved it, each a readable
 torch archive; and the world size itself, which ZeRO shards are tied to.
 
+    ZeRO-0     mp_rank_00_model_states.pt (the optimizer inside)
     ZeRO-1/2   mp_rank_00_model_states.pt + [bf16_]zero_pp_rank_{r}_mp_rank_00_optim_states.pt per rank
     ZeRO-3     zero_pp_rank_{r}_mp_rank_00_model_states.pt + the optim states, per rank
     universal  zero/ (one folder per parameter) + model states: any world size
@@ -33,8 +34,10 @@ def saved_zero3(path: Path) -> bool:
     return any(_Z3_MODEL.match(f.name) for f in Path(path).iterdir())
 
 
-def file_problems(path: Path, world: int) -> list[str]:
-    """Missing shards and unreadable archives of the checkpoint at `path`, saved by `world` ranks."""
+def file_problems(path: Path, world: int, zero: Optional[int] = None) -> list[str]:
+    """Missing shards and unreadable archives of the checkpoint at `path`, saved by `world` ranks
+    under ZeRO stage `zero` (None: a checkpoint that predates the record; no shard at all then
+    reads as ZeRO-0)."""
     path = Path(path)
     names = {f.name for f in path.iterdir() if f.is_file()}
     if is_universal(path):
@@ -42,7 +45,8 @@ def file_problems(path: Path, world: int) -> list[str]:
         missing = [] if wanted else ["mp_rank_00_model_states.pt"]
     else:
         optim = {int(m.group(2)) for m in map(_OPTIM.match, names) if m}
-        missing = [f"optimizer shard of rank {r}" for r in range(world) if r not in optim]
+        zero = zero if zero is not None else (1 if optim or saved_zero3(path) else 0)
+        missing = [f"optimizer shard of rank {r}" for r in range(world) if r not in optim] if zero else []
         if saved_zero3(path):
             model = {int(m.group(1)) for m in map(_Z3_MODEL.match, names) if m}
             missing += [f"model shard of rank {r}" for r in range(world) if r not in model]
@@ -64,9 +68,10 @@ def _unreadable(f: Path) -> Optional[str]:
         return f"not a readable checkpoint file ({e}; truncated or damaged?)"
 
 
-def world_problem(path: Path, saved_world: Optional[int], world: int) -> Optional[str]:
-    """Why a checkpoint saved by `saved_world` ranks cannot resume at `world`, or None."""
-    if saved_world is None or saved_world == world or is_universal(path):
+def world_problem(path: Path, saved_world: Optional[int], world: int, zero: Optional[int] = None) -> Optional[str]:
+    """Why a checkpoint saved by `saved_world` ranks cannot resume at `world`, or None. ZeRO-0
+    keeps the whole optimizer in one file, which DeepSpeed loads at any world size (not tested here)."""
+    if saved_world is None or saved_world == world or is_universal(path) or zero == 0:
         return None
     head = f"{path} was saved by {saved_world} rank(s), this run has {world}: ZeRO shards reload only at the world size that saved them."
     if saved_zero3(path):
@@ -78,8 +83,8 @@ def world_problem(path: Path, saved_world: Optional[int], world: int) -> Optiona
 
 def check_checkpoint(path: Path, saved: dict, world: int) -> None:
     """ConfigError with every problem of resuming from `path` (its omni_ds state `saved`) at `world`."""
-    problems = file_problems(path, int(saved.get("world_size") or world))
-    world_issue = world_problem(path, saved.get("world_size"), world)
+    problems = file_problems(path, int(saved.get("world_size") or world), saved.get("zero_stage"))
+    world_issue = world_problem(path, saved.get("world_size"), world, saved.get("zero_stage"))
     problems += [world_issue] if world_issue else []
     if problems:
         raise ConfigError("cannot resume: " + "; ".join(problems))

@@ -177,7 +177,7 @@ class Trainer:
         st = self.state
         return {"step": st.step, "samples": st.samples, "tokens": st.tokens, "data": self.stream.position(),
                 "global_batch": self.global_batch, "num_samples": len(self.train_set), "loss": st.last_loss,
-                "world_size": self.world, "config": self.cfg.to_dict(), "ctc_infeasible": st.ctc_infeasible,
+                "world_size": self.world, "zero_stage": zero_stage(self.ds), "config": self.cfg.to_dict(), "ctc_infeasible": st.ctc_infeasible,
                 "load_failures": st.load_failures, "resume_identity": self.identity}
 
     # ---- the loop ----------------------------------------------------------------------------------
