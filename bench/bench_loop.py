@@ -33,15 +33,8 @@ def free_port() -> int:
 
 
 def gemm_tflops(n: int = 1024, reps: int = 10) -> float:
-    import torch
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e12
+    from omni_ds.train.flops import measured_gemm_tflops
+    return measured_gemm_tflops("fp32", n, reps)
 
 
 def main(argv=None) -> int:

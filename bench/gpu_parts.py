@@ -251,18 +251,9 @@ def _estimate_gib(cfg, run: dict, longest: int) -> float:
 
 def gemm_tflops(dtype_name: str, n: int = 1024, reps: int = 8) -> float:
     """Measured dense GEMM throughput of this CPU in `dtype_name`: the peak the tiny run's MFU is
-    taken against (no data sheet gives one for a shared CPU)."""
-    import torch
-    from omni_ds.precision import torch_dtype
-    a = torch.randn(n, n).to(torch_dtype(dtype_name))
-    b = torch.randn(n, n).to(torch_dtype(dtype_name))
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e12
+    taken against."""
+    from omni_ds.train.flops import measured_gemm_tflops
+    return measured_gemm_tflops(dtype_name, n, reps)
 
 
 # ---- unit extraction -----------------------------------------------------------------------------------------

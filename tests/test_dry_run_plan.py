@@ -34,20 +34,26 @@ def test_stage2_dry_run_on_a_trimmed_folder_plans_the_runs_lengths(tmp_path):
     assert int(planned.group(2)) < 300          # a padded plan has 300 speech positions alone
 
 
+def _stage2_dry_run(demo, tmp_path, **overrides) -> tuple[int, str]:
+    """`launch/stage2.py --dry-run --world-size 2` on the demo's stage-2 config with `overrides`:
+    (exit code, what it printed)."""
+    path = tmp_path / "stage2.json"
+    path.write_text(json.dumps(demo_stage2_config(demo, report_to=[], **overrides)))
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["--config", str(path), "--ds", str(REPO / "ds_configs" / "zero2.json"), "--dry-run",
+                   "--world-size", "2"], stage=2)
+    return rc, buf.getvalue()
+
+
 def test_bad_records_under_on_bad_error_make_the_run_not_ready(tmp_path):
     d = write_tiny_stage2_setup(tmp_path / "demo")
     rows = [json.loads(line) for line in open(d / "train_units.jsonl")]
     rows[1]["speech_instruction_path"] = str(tmp_path / "gone.wav")        # a vanished clip
     manifest = tmp_path / "train_units.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    path = tmp_path / "stage2.json"
-    path.write_text(json.dumps(demo_stage2_config(d, output_dir=str(tmp_path / "out"), report_to=[],
-                                                  **{"data.train_manifest": str(manifest), "data.on_bad": "error"})))
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = main(["--config", str(path), "--ds", str(REPO / "ds_configs" / "zero2.json"), "--dry-run",
-                   "--world-size", "2"], stage=2)
-    out = buf.getvalue()
+    rc, out = _stage2_dry_run(d, tmp_path, output_dir=str(tmp_path / "out"),
+                              **{"data.train_manifest": str(manifest), "data.on_bad": "error"})
     assert rc == 1 and "dry run: NOT READY" in out, out
     assert f"bad record {rows[1]['id']}" in out and "missing file" in out
     assert "1 bad records and data.on_bad = 'error'" in out
@@ -62,14 +68,8 @@ def test_the_dry_run_refuses_an_output_dir_it_cannot_write_and_a_manifest_with_n
             for line in open(d / "train_units.jsonl")]
     nothing = tmp_path / "nothing.jsonl"
     nothing.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    path = tmp_path / "stage2.json"
-    path.write_text(json.dumps(demo_stage2_config(d, output_dir=str(tmp_path / "taken"), report_to=[],
-                                                  **{"data.train_manifest": str(nothing)})))
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = main(["--config", str(path), "--ds", str(REPO / "ds_configs" / "zero2.json"), "--dry-run",
-                   "--world-size", "2"], stage=2)
-    out = buf.getvalue()
+    rc, out = _stage2_dry_run(d, tmp_path, output_dir=str(tmp_path / "taken"),
+                              **{"data.train_manifest": str(nothing)})
     assert rc == 1 and "dry run: NOT READY" in out, out
     assert f"output_dir {tmp_path / 'taken'}: is a file, not a folder" in out
     assert "data.train_manifest" in out and "no usable records" in out

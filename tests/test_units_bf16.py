@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from units_fixtures import CLIPS, REPO, read_jsonl, write_manifest
+from units_fixtures import CLIPS, REPO, one_thread, read_jsonl, write_manifest  # noqa: F401 (autouse)
 from omni_ds.tiny.hubert import write_tiny_hubert, write_tiny_kmeans
 from omni_ds.units.cpu_bf16 import cpu_supports_bf16
 
@@ -26,14 +26,6 @@ TOOL_MIN_AGREEMENT = 0.995
 # 1693 frames: 99.8 % leaves room for 3 flipped frames (a different bf16 kernel, e.g. AVX512-BF16
 # instead of AMX, rounds differently), where 99.9 % would fail on the second.
 FULL_MIN_AGREEMENT = 0.998
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

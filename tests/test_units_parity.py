@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from units_fixtures import CLIPS, REPO, read_jsonl, write_clips, write_manifest
+from units_fixtures import CLIPS, REPO, one_thread, read_jsonl, write_clips, write_manifest  # noqa: F401 (autouse)
 
 ORACLE = Path(os.environ.get("OMNI_DS_FAIRSEQ_PYTHON", REPO / ".venv-fairseq" / "bin" / "python"))
 ORACLE_SCRIPT = Path(__file__).with_name("units_fairseq_oracle.py")
@@ -30,15 +30,6 @@ def _oracle(*args) -> None:
     run = subprocess.run([str(ORACLE), str(ORACLE_SCRIPT), *map(str, args)],
                          capture_output=True, text=True, timeout=600, env=env)
     assert run.returncode == 0, f"oracle {args[0]} failed:\n{run.stderr[-4000:]}"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["raw-wave", "task-normalize"])

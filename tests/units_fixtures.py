@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from omni_ds.data.audio import load_audio
@@ -63,3 +64,14 @@ def write_manifest(path: Path, wavs: list[Path], extra: list[dict] = ()) -> Path
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread for a units test module (autouse where imported): on a shared 2-core
+    machine OpenMP's spinning threads cost more than they give, and timings stay comparable."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

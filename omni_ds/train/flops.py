@@ -25,6 +25,22 @@ PEAK_TFLOPS = {
 }
 
 
+def measured_gemm_tflops(dtype_name: str = "fp32", n: int = 1024, reps: int = 10) -> float:
+    """Dense n x n GEMM throughput of this process's device (CPU) in `dtype_name`, best of `reps`:
+    the peak a CPU run's MFU is taken against (no data sheet gives one for a shared CPU)."""
+    import time
+    from omni_ds.precision import torch_dtype
+    a = torch.randn(n, n).to(torch_dtype(dtype_name))
+    b = torch.randn(n, n).to(torch_dtype(dtype_name))
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e12
+
+
 def guess_peak_tflops(device_name: Optional[str]) -> Optional[float]:
     if not device_name:
         return None
